@@ -12,6 +12,8 @@
 //! * The protobuf contract lives in `proto/gateway/v1/*.proto` (package `gateway.v1`); the
 //!   generated prost types are in [`pb`]. `docs/PROTOCOL.md` in the repository documents every
 //!   message, field, limit, status code and error code for implementers in other languages.
+//! * [`auth`] holds the [`auth::Principal`] and [`auth::Authenticator`] every receiver shares;
+//!   [`clock`] the wall-clock trait tests fake.
 //!
 //! ## Example: build a batch, encode it, decode it
 //!
@@ -39,7 +41,9 @@
 #![warn(missing_docs)]
 
 mod agent;
+pub mod auth;
 mod base64_serde;
+pub mod clock;
 mod code;
 mod codec;
 mod control;

@@ -1,0 +1,161 @@
+//! Who is calling: the principal behind a bearer token, shared by every receiver
+//! (`POST /v1/records`, the control channel, the operator API) so they all agree.
+//!
+//! Identity always comes from the credentials, never from what a message claims: a gateway's
+//! `hello.gateway_id` or a batch's `gateway_id` is checked against [`Principal::subject`].
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// What a principal may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// An operator: may call every operator endpoint of its tenant.
+    Admin,
+    /// One gateway: may upload records, hold a control session and report as itself only.
+    Gateway,
+    /// One agent: may register, heartbeat and upload records to its gateway.
+    Agent,
+}
+
+impl Role {
+    /// The snake_case name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Gateway => "gateway",
+            Role::Agent => "agent",
+        }
+    }
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Principal {
+    /// Tenant the caller belongs to. Record dedup and every read are scoped by tenant.
+    pub tenant: String,
+    /// The caller's id: a gateway id, an agent id, or an operator name.
+    pub subject: String,
+    /// What the caller may do.
+    pub role: Role,
+}
+
+impl Principal {
+    /// A principal.
+    pub fn new(tenant: impl Into<String>, subject: impl Into<String>, role: Role) -> Self {
+        Principal {
+            tenant: tenant.into(),
+            subject: subject.into(),
+            role,
+        }
+    }
+}
+
+/// Turns a bearer token into a [`Principal`].
+///
+/// Receivers answer 401 (`unauthorized`) when no token is sent and 403 (`forbidden`) when this
+/// returns `None`. Implementations must be cheap: they run on every request. Integrators with
+/// a token database cache it behind this trait.
+pub trait Authenticator: Send + Sync + 'static {
+    /// The principal a token stands for, or `None` when the token is not valid.
+    fn authenticate(&self, token: &str) -> Option<Principal>;
+}
+
+/// A fixed table of tokens, for configuration files and tests.
+///
+/// ```
+/// use gateway_proto::auth::{Authenticator, Principal, Role, StaticTokens};
+/// let tokens = StaticTokens::new()
+///     .with("s3cret", Principal::new("acme", "gw-1", Role::Gateway));
+/// assert_eq!(tokens.authenticate("s3cret").unwrap().subject, "gw-1");
+/// assert!(tokens.authenticate("guess").is_none());
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct StaticTokens {
+    tokens: HashMap<String, Principal>,
+}
+
+impl StaticTokens {
+    /// An empty table: every token is refused.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Add a token (builder style).
+    pub fn with(mut self, token: impl Into<String>, principal: Principal) -> Self {
+        self.insert(token, principal);
+        self
+    }
+
+    /// Add or replace a token.
+    pub fn insert(&mut self, token: impl Into<String>, principal: Principal) {
+        self.tokens.insert(token.into(), principal);
+    }
+}
+
+impl Authenticator for StaticTokens {
+    fn authenticate(&self, token: &str) -> Option<Principal> {
+        // Compare every entry in constant time per byte so lookup time does not reveal how
+        // much of a guessed token matched a real one.
+        self.tokens
+            .iter()
+            .fold(None, |found, (candidate, principal)| {
+                if constant_time_eq(candidate.as_bytes(), token.as_bytes()) {
+                    Some(principal.clone())
+                } else {
+                    found
+                }
+            })
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The token of an `Authorization: Bearer <token>` header value; `None` for another scheme or
+/// an empty token. The scheme is case-insensitive.
+///
+/// ```
+/// assert_eq!(gateway_proto::auth::bearer_token("Bearer abc"), Some("abc"));
+/// assert_eq!(gateway_proto::auth::bearer_token("Basic abc"), None);
+/// ```
+pub fn bearer_token(header_value: &str) -> Option<&str> {
+    let (scheme, token) = header_value.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_parsing() {
+        assert_eq!(bearer_token("bearer  t0k "), Some("t0k"));
+        assert_eq!(bearer_token("Bearer "), None);
+        assert_eq!(bearer_token("Bearer"), None);
+        assert_eq!(bearer_token(""), None);
+    }
+
+    #[test]
+    fn static_tokens_only_accept_exact_matches() {
+        let tokens = StaticTokens::new().with("abc", Principal::new("t", "gw", Role::Gateway));
+        assert!(tokens.authenticate("abc").is_some());
+        assert!(tokens.authenticate("ab").is_none());
+        assert!(tokens.authenticate("abcd").is_none());
+        assert!(StaticTokens::new().authenticate("abc").is_none());
+    }
+}
