@@ -1,0 +1,2 @@
+J7
+unknown_frame&unknown control frame type `telemetry`
