@@ -291,9 +291,22 @@ pub struct CommandAck {
     /// Human-readable detail (the device's error text, a progress note).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
-    /// Structured result.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Structured result. `Some(Value::Null)` (sent as `"result": null`) and `None` (no
+    /// `result` key) are distinct.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "present_value"
+    )]
     pub result: Option<serde_json::Value>,
+}
+
+/// Deserialize a present field as `Some`, even when its value is `null`; an absent field
+/// falls back to `None` through `#[serde(default)]`.
+fn present_value<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<serde_json::Value>, D::Error> {
+    serde_json::Value::deserialize(deserializer).map(Some)
 }
 
 /// What a [`PolicyUpdate`] carries: the whole document, or a patch against a base version.

@@ -365,6 +365,19 @@ fn error_body() -> impl Strategy<Value = ErrorBody> {
 
 // ------------------------------------------------------------------ round trips
 
+/// `cases` cases; failures are saved in `proptest-regressions/roundtrip.txt` and replayed first.
+fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::Direct(
+                "proptest-regressions/roundtrip.txt",
+            ),
+        )),
+        ..ProptestConfig::default()
+    }
+}
+
 fn assert_round_trips<T: WireMessage + PartialEq + std::fmt::Debug>(value: &T) {
     for encoding in [Encoding::Json, Encoding::Protobuf] {
         let bytes = value.encode(encoding);
@@ -375,7 +388,7 @@ fn assert_round_trips<T: WireMessage + PartialEq + std::fmt::Debug>(value: &T) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(config(256))]
 
     #[test]
     fn batches_round_trip(b in batch()) { assert_round_trips(&b); }
@@ -421,7 +434,7 @@ fn decode_everything(bytes: &[u8]) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(config(512))]
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
@@ -459,5 +472,18 @@ proptest! {
             let back = Batch::decode(&batch.encode(encoding), encoding).unwrap();
             prop_assert_eq!(limits.validate_record(&back.records[0], i64::MAX).is_ok(), valid);
         }
+    }
+}
+
+#[test]
+fn a_null_result_is_not_confused_with_no_result() {
+    // Found by `control_frames_round_trip`: `"result": null` once decoded as `None`.
+    for result in [None, Some(Value::Null), Some(serde_json::json!({"ok": 1}))] {
+        assert_round_trips(&ControlFrame::CommandAck(CommandAck {
+            id: CommandId::new_v7(),
+            state: CommandAckState::Succeeded,
+            detail: None,
+            result,
+        }));
     }
 }
