@@ -1,6 +1,25 @@
 //! # gateway-policy
-//!
-//! Versioned, checksummed policies from publish to applied. (Implementation in progress: this
-//! crate has no public API yet.)
-
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod applier;
+mod checksum;
+mod error;
+mod etag;
+mod patch;
+mod policy;
+mod signing;
+
+pub use applier::{
+    AcceptAll, AppliedPolicyStore, ApplierConfig, FileAppliedStore, InvalidStoredPolicy,
+    LoadProblem, LoadReport, MemoryAppliedStore, PolicyApplier, PolicyLookup, PolicyReader,
+    PolicyValidator, RunningPolicy, StagedWrite, StoredPolicy,
+};
+pub use checksum::{
+    canonical_json, canonicalize_text, checksum, checksum_of_canonical, verify_checksum,
+};
+pub use error::{Error, Result};
+pub use etag::{etag, if_none_match};
+pub use patch::{apply_patch, apply_patch_verified, diff};
+pub use policy::{MAX_NAME_LEN, Policy, PolicyVersionInfo, validate_name};
+pub use signing::{PolicySigner, PolicyVerifier};
