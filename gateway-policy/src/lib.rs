@@ -8,6 +8,8 @@ mod error;
 mod etag;
 mod patch;
 mod policy;
+#[cfg(feature = "server")]
+mod server;
 mod signing;
 
 pub use applier::{
@@ -22,4 +24,11 @@ pub use error::{Error, Result};
 pub use etag::{etag, if_none_match};
 pub use patch::{apply_patch, apply_patch_verified, diff};
 pub use policy::{MAX_NAME_LEN, Policy, PolicyVersionInfo, validate_name};
+#[cfg(feature = "server")]
+pub use server::{
+    AbortRule, Assignment, AssignmentTable, ChangeResult, GatewayInfo, Outgoing, PolicyServer,
+    PolicyServerConfig, PolicyStore, PublishOutcome, RolloutId, RolloutState, RolloutSummary,
+    RolloutTracker, SqlitePolicyStore, StagedRollout, StatusEffect, Target, TargetState,
+    TargetStatus, UpdatePlanner, build_update,
+};
 pub use signing::{PolicySigner, PolicyVerifier};

@@ -500,3 +500,6 @@ impl Rejection {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

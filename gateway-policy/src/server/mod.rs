@@ -1,0 +1,20 @@
+//! Server side (feature `server`): the policy store with history, diff and rollback; assignment
+//! of policies to tenants, groups and gateways; the rollout tracker; and the planner that builds
+//! the `policy_update` each gateway needs. [`PolicyServer`] wires them together.
+
+mod assignment;
+mod planner;
+mod service;
+mod sqlite;
+mod store;
+mod tracker;
+
+pub use assignment::{Assignment, AssignmentTable, GatewayInfo, Target};
+pub use planner::{UpdatePlanner, build_update};
+pub use service::{ChangeResult, Outgoing, PolicyServer, PolicyServerConfig};
+pub use sqlite::SqlitePolicyStore;
+pub use store::{PolicyStore, PublishOutcome};
+pub use tracker::{
+    AbortRule, RolloutId, RolloutState, RolloutSummary, RolloutTracker, StagedRollout,
+    StatusEffect, TargetState, TargetStatus,
+};

@@ -1,0 +1,503 @@
+//! [`PolicyStore`] on SQLite: one database file, WAL journal.
+//!
+//! # Schema (`PRAGMA user_version = 1`)
+//! * `policy_versions(name, version, checksum, document, created_at, author, message)`, primary
+//!   key `(name, version)`: one row per version, never updated. `document` is JSON text; its
+//!   checksum is verified on every read, so a damaged row is reported, never served.
+//! * `policy_assignments(policy, target_kind, target_id, version, assigned_at, author)`, primary
+//!   key `(policy, target_kind, target_id)`; `version` is NULL for "follow the latest".
+//! * `policy_gateways(id, tenant, groups)`: membership, `groups` a JSON array.
+//!
+//! Publishing runs in an `IMMEDIATE` transaction, so concurrent publishers (threads or processes
+//! sharing the file) never hand out the same version.
+
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use serde_json::Value;
+
+use super::{Assignment, GatewayInfo, PolicyStore, PublishOutcome, Target};
+use crate::{Error, Policy, PolicyVersionInfo, Result, checksum, validate_name};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS policy_versions (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    checksum TEXT NOT NULL,
+    document TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    author TEXT NOT NULL,
+    message TEXT NOT NULL,
+    PRIMARY KEY (name, version)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS policy_assignments (
+    policy TEXT NOT NULL,
+    target_kind TEXT NOT NULL,
+    target_id TEXT NOT NULL,
+    version INTEGER,
+    assigned_at INTEGER NOT NULL,
+    author TEXT NOT NULL,
+    PRIMARY KEY (policy, target_kind, target_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS policy_gateways (
+    id TEXT PRIMARY KEY NOT NULL,
+    tenant TEXT NOT NULL,
+    groups TEXT NOT NULL
+) WITHOUT ROWID;
+PRAGMA user_version = 1;
+";
+
+/// The SQLite [`PolicyStore`].
+#[derive(Debug)]
+pub struct SqlitePolicyStore {
+    conn: Mutex<Connection>,
+}
+
+impl SqlitePolicyStore {
+    /// Open (creating if needed) the database at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let conn = Connection::open(path.as_ref())?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        Self::init(conn)
+    }
+
+    /// A private in-memory database (tests, benches, demos).
+    pub fn open_in_memory() -> Result<Self> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    fn init(conn: Connection) -> Result<Self> {
+        conn.busy_timeout(Duration::from_secs(5))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > 1 {
+            return Err(Error::Corrupt {
+                what: "policy database".into(),
+                reason: format!(
+                    "schema version {version} is newer than this release understands (1)"
+                ),
+            });
+        }
+        conn.execute_batch(SCHEMA)?;
+        Ok(SqlitePolicyStore {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+fn to_i64(value: u64, what: &'static str) -> Result<i64> {
+    i64::try_from(value).map_err(|_| Error::invalid(what, "must be below 2^63"))
+}
+
+const POLICY_COLUMNS: &str = "name, version, checksum, document, created_at, author, message";
+
+fn read_policy(row: &Row<'_>) -> rusqlite::Result<(Policy, String)> {
+    let version: i64 = row.get(1)?;
+    let document_text: String = row.get(3)?;
+    Ok((
+        Policy {
+            name: row.get(0)?,
+            version: version as u64,
+            checksum: row.get(2)?,
+            document: Value::Null,
+            created_at: row.get(4)?,
+            author: row.get(5)?,
+            message: row.get(6)?,
+        },
+        document_text,
+    ))
+}
+
+/// Decode a row's document and check it against its checksum.
+fn finish_policy((mut policy, text): (Policy, String)) -> Result<Policy> {
+    let corrupt = |reason: String| Error::Corrupt {
+        what: format!("policy {:?} version {}", policy.name, policy.version),
+        reason,
+    };
+    let document: Value =
+        serde_json::from_str(&text).map_err(|e| corrupt(format!("document is not JSON: {e}")))?;
+    let actual = checksum(&document)?;
+    if actual != policy.checksum {
+        return Err(corrupt(format!(
+            "document hashes to {actual}, the row says {}",
+            policy.checksum
+        )));
+    }
+    policy.document = document;
+    Ok(policy)
+}
+
+impl PolicyStore for SqlitePolicyStore {
+    fn publish(
+        &self,
+        name: &str,
+        document: Value,
+        author: &str,
+        message: &str,
+        now_ms: i64,
+    ) -> Result<PublishOutcome> {
+        validate_name(name)?;
+        let sum = checksum(&document)?;
+        let text = serde_json::to_string(&document)
+            .map_err(|e| Error::Canonical(format!("cannot encode the document: {e}")))?;
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let latest = tx
+            .query_row(
+                &format!(
+                    "SELECT {POLICY_COLUMNS} FROM policy_versions WHERE name = ?1 ORDER BY version DESC LIMIT 1"
+                ),
+                params![name],
+                read_policy,
+            )
+            .optional()?;
+        if let Some((latest, latest_text)) = latest {
+            if latest.checksum == sum {
+                drop(tx);
+                let current = finish_policy((latest, latest_text))?;
+                tracing::info!(policy = %name, version = current.version, "publish of an identical document: nothing created");
+                metrics::counter!("gateway_policy_publishes_total", "result" => "unchanged")
+                    .increment(1);
+                return Ok(PublishOutcome::Unchanged(current));
+            }
+        }
+        let next: i64 = tx.query_row(
+            "SELECT COALESCE(MAX(version), 0) + 1 FROM policy_versions WHERE name = ?1",
+            params![name],
+            |r| r.get(0),
+        )?;
+        tx.execute(
+            "INSERT INTO policy_versions (name, version, checksum, document, created_at, author, message)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![name, next, sum, text, now_ms, author, message],
+        )?;
+        tx.commit()?;
+        tracing::info!(policy = %name, version = next, checksum = %sum, %author, "policy version published");
+        metrics::counter!("gateway_policy_publishes_total", "result" => "created").increment(1);
+        Ok(PublishOutcome::Created(Policy {
+            name: name.to_owned(),
+            version: next as u64,
+            checksum: sum,
+            document,
+            created_at: now_ms,
+            author: author.to_owned(),
+            message: message.to_owned(),
+        }))
+    }
+
+    fn latest(&self, name: &str) -> Result<Option<Policy>> {
+        let row = self
+            .conn()
+            .query_row(
+                &format!(
+                    "SELECT {POLICY_COLUMNS} FROM policy_versions WHERE name = ?1 ORDER BY version DESC LIMIT 1"
+                ),
+                params![name],
+                read_policy,
+            )
+            .optional()?;
+        row.map(finish_policy).transpose()
+    }
+
+    fn fetch(&self, name: &str, version: u64) -> Result<Option<Policy>> {
+        let Ok(version) = i64::try_from(version) else {
+            return Ok(None);
+        };
+        let row = self
+            .conn()
+            .query_row(
+                &format!(
+                    "SELECT {POLICY_COLUMNS} FROM policy_versions WHERE name = ?1 AND version = ?2"
+                ),
+                params![name, version],
+                read_policy,
+            )
+            .optional()?;
+        row.map(finish_policy).transpose()
+    }
+
+    fn history(&self, name: &str) -> Result<Vec<PolicyVersionInfo>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT name, version, checksum, created_at, author, message
+             FROM policy_versions WHERE name = ?1 ORDER BY version",
+        )?;
+        let rows = stmt.query_map(params![name], |row| {
+            Ok(PolicyVersionInfo {
+                name: row.get(0)?,
+                version: row.get::<_, i64>(1)? as u64,
+                checksum: row.get(2)?,
+                created_at: row.get(3)?,
+                author: row.get(4)?,
+                message: row.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn latest_versions(&self) -> Result<Vec<(String, u64)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT name, MAX(version) FROM policy_versions GROUP BY name ORDER BY name",
+        )?;
+        let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get::<_, i64>(1)? as u64)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn put_assignment(&self, a: &Assignment) -> Result<()> {
+        validate_name(&a.policy)?;
+        let version = a.version.map(|v| to_i64(v, "version")).transpose()?;
+        self.conn().execute(
+            "INSERT OR REPLACE INTO policy_assignments (policy, target_kind, target_id, version, assigned_at, author)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![a.policy, a.target.kind(), a.target.id(), version, a.assigned_at, a.author],
+        )?;
+        Ok(())
+    }
+
+    fn remove_assignment(&self, policy: &str, target: &Target) -> Result<bool> {
+        let n = self.conn().execute(
+            "DELETE FROM policy_assignments WHERE policy = ?1 AND target_kind = ?2 AND target_id = ?3",
+            params![policy, target.kind(), target.id()],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn assignments(&self) -> Result<Vec<Assignment>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT policy, target_kind, target_id, version, assigned_at, author
+             FROM policy_assignments ORDER BY policy, target_kind, target_id",
+        )?;
+        let rows = stmt.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+                row.get::<_, Option<i64>>(3)?,
+                row.get::<_, i64>(4)?,
+                row.get::<_, String>(5)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (policy, kind, id, version, assigned_at, author) = row?;
+            let target = Target::from_parts(&kind, id).ok_or_else(|| Error::Corrupt {
+                what: format!("assignment of policy {policy:?}"),
+                reason: format!("unknown target kind {kind:?}"),
+            })?;
+            out.push(Assignment {
+                policy,
+                target,
+                version: version.map(|v| v as u64),
+                assigned_at,
+                author,
+            });
+        }
+        Ok(out)
+    }
+
+    fn put_gateway(&self, gateway: &GatewayInfo) -> Result<()> {
+        let groups = serde_json::to_string(&gateway.groups)
+            .map_err(|e| Error::invalid("groups", e.to_string()))?;
+        self.conn().execute(
+            "INSERT OR REPLACE INTO policy_gateways (id, tenant, groups) VALUES (?1, ?2, ?3)",
+            params![gateway.id, gateway.tenant, groups],
+        )?;
+        Ok(())
+    }
+
+    fn remove_gateway(&self, gateway_id: &str) -> Result<bool> {
+        let n = self.conn().execute(
+            "DELETE FROM policy_gateways WHERE id = ?1",
+            params![gateway_id],
+        )?;
+        Ok(n > 0)
+    }
+
+    fn gateways(&self) -> Result<Vec<GatewayInfo>> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT id, tenant, groups FROM policy_gateways ORDER BY id")?;
+        let rows = stmt.query_map([], |row| {
+            Ok((
+                row.get::<_, String>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, tenant, groups) = row?;
+            let groups = serde_json::from_str(&groups).map_err(|e| Error::Corrupt {
+                what: format!("gateway {id:?}"),
+                reason: format!("groups are not a JSON array of strings: {e}"),
+            })?;
+            out.push(GatewayInfo { id, tenant, groups });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn store() -> SqlitePolicyStore {
+        SqlitePolicyStore::open_in_memory().unwrap()
+    }
+
+    #[test]
+    fn versions_count_up_and_identical_publishes_create_nothing() {
+        let s = store();
+        let v1 = s
+            .publish("fw", json!({"a": 1}), "ann", "first", 10)
+            .unwrap();
+        assert!(v1.created());
+        assert_eq!(v1.policy().version, 1);
+        // Same document, other key order and number spelling: same checksum, nothing created.
+        let again = s
+            .publish(
+                "fw",
+                serde_json::from_str(r#"{ "a" : 1.0 }"#).unwrap(),
+                "bob",
+                "again",
+                11,
+            )
+            .unwrap();
+        assert_eq!(again, PublishOutcome::Unchanged(v1.policy().clone()));
+        let v2 = s
+            .publish("fw", json!({"a": 2}), "bob", "second", 12)
+            .unwrap();
+        assert_eq!(v2.policy().version, 2);
+        assert_eq!(s.history("fw").unwrap().len(), 2);
+        assert_eq!(s.latest("fw").unwrap().unwrap(), *v2.policy());
+        assert_eq!(s.fetch("fw", 1).unwrap().unwrap(), *v1.policy());
+        assert_eq!(s.fetch("fw", 3).unwrap(), None);
+        assert_eq!(s.latest_versions().unwrap(), vec![("fw".into(), 2)]);
+    }
+
+    #[test]
+    fn rollback_publishes_the_old_document_as_a_new_version() {
+        let s = store();
+        s.publish("fw", json!({"mode": "audit"}), "ann", "v1", 1)
+            .unwrap();
+        s.publish("fw", json!({"mode": "enforce"}), "ann", "v2", 2)
+            .unwrap();
+        let back = s.rollback("fw", 1, "bob", "", 3).unwrap();
+        let p = back.policy();
+        assert!(back.created());
+        assert_eq!(p.version, 3);
+        assert_eq!(p.document, json!({"mode": "audit"}));
+        assert_eq!(
+            (p.author.as_str(), p.message.as_str()),
+            ("bob", "rollback to version 1")
+        );
+        let history = s.history("fw").unwrap();
+        assert_eq!(
+            history.iter().map(|h| h.version).collect::<Vec<_>>(),
+            vec![1, 2, 3]
+        );
+        assert_eq!(history[2].checksum, history[0].checksum);
+        // Rolling back to what is already current creates nothing.
+        assert!(!s.rollback("fw", 1, "bob", "again", 4).unwrap().created());
+    }
+
+    #[test]
+    fn diff_between_versions_and_unknown_versions() {
+        let s = store();
+        s.publish("fw", json!({"a": 1}), "ann", "v1", 1).unwrap();
+        s.publish("fw", json!({"a": 2, "b": 3}), "ann", "v2", 2)
+            .unwrap();
+        let patch = s.diff("fw", 1, 2).unwrap();
+        assert_eq!(
+            crate::apply_patch(&json!({"a": 1}), &patch).unwrap(),
+            json!({"a": 2, "b": 3})
+        );
+        assert!(matches!(
+            s.diff("fw", 1, 9),
+            Err(Error::UnknownVersion { version: 9, .. })
+        ));
+        assert!(matches!(
+            s.diff("nope", 1, 2),
+            Err(Error::UnknownPolicy { .. })
+        ));
+        assert!(matches!(
+            s.rollback("fw", 7, "a", "", 3),
+            Err(Error::UnknownVersion { .. })
+        ));
+    }
+
+    #[test]
+    fn bad_names_are_refused_before_touching_the_database() {
+        let s = store();
+        assert!(matches!(
+            s.publish("../x", json!({}), "a", "m", 1),
+            Err(Error::InvalidName { .. })
+        ));
+        assert!(s.latest_versions().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_damaged_row_is_reported_not_served() {
+        let s = store();
+        s.publish("fw", json!({"a": 1}), "ann", "v1", 1).unwrap();
+        s.conn()
+            .execute("UPDATE policy_versions SET document = '{\"a\":2}'", [])
+            .unwrap();
+        assert!(matches!(s.fetch("fw", 1), Err(Error::Corrupt { .. })));
+    }
+
+    #[test]
+    fn assignments_and_gateways_persist_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policies.db");
+        {
+            let s = SqlitePolicyStore::open(&path).unwrap();
+            s.put_assignment(&Assignment {
+                policy: "fw".into(),
+                target: Target::Group("eu".into()),
+                version: Some(2),
+                assigned_at: 5,
+                author: "ann".into(),
+            })
+            .unwrap();
+            s.put_assignment(&Assignment {
+                policy: "fw".into(),
+                target: Target::Tenant("acme".into()),
+                version: None,
+                assigned_at: 6,
+                author: "ann".into(),
+            })
+            .unwrap();
+            s.put_gateway(&GatewayInfo::new("gw-1", "acme").with_group("eu"))
+                .unwrap();
+            s.publish("fw", json!({"a": 1}), "ann", "v1", 1).unwrap();
+        }
+        let s = SqlitePolicyStore::open(&path).unwrap();
+        let assignments = s.assignments().unwrap();
+        assert_eq!(assignments.len(), 2);
+        assert!(assignments.iter().any(|a| a.version == Some(2)));
+        assert_eq!(
+            s.gateways().unwrap(),
+            vec![GatewayInfo::new("gw-1", "acme").with_group("eu")]
+        );
+        assert!(
+            s.remove_assignment("fw", &Target::Group("eu".into()))
+                .unwrap()
+        );
+        assert!(
+            !s.remove_assignment("fw", &Target::Group("eu".into()))
+                .unwrap()
+        );
+        assert!(s.remove_gateway("gw-1").unwrap());
+        assert_eq!(s.latest("fw").unwrap().unwrap().version, 1);
+    }
+}
