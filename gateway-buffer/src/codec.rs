@@ -1,0 +1,225 @@
+//! Records at rest: the protobuf encoding of `gateway.v1.Record` (`gateway_proto::pb::Record`).
+//!
+//! Encoding writes the protobuf wire format straight from a borrowed [`Record`], byte for byte
+//! what `prost` produces for `pb::Record::from(&record)` (a unit test and a proptest hold it to
+//! that), without cloning strings and maps first: the append path is the hot path. Decoding goes
+//! through `prost` and gateway-proto's validating `TryFrom`, so whatever a newer release adds to
+//! the message (new fields are skipped by protobuf decoders) still reads.
+
+use gateway_proto::{Body, Record, RecordId, pb};
+use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+
+/// Records encoded back to back in one allocation, with their ids.
+#[derive(Debug, Default)]
+pub(crate) struct EncodedBatch {
+    /// The encoded records, concatenated.
+    pub(crate) data: Vec<u8>,
+    /// End offset of each record in `data`.
+    pub(crate) ends: Vec<usize>,
+    /// The id of each record.
+    pub(crate) ids: Vec<RecordId>,
+}
+
+impl EncodedBatch {
+    /// Encode `records`, assigning a UUIDv7 to each record without an id.
+    pub(crate) fn encode(records: &mut [Record]) -> Self {
+        let mut batch = EncodedBatch {
+            data: Vec::with_capacity(records.len() * 256),
+            ends: Vec::with_capacity(records.len()),
+            ids: Vec::with_capacity(records.len()),
+        };
+        let mut scratch = Vec::new();
+        for record in records.iter_mut() {
+            batch.ids.push(record.ensure_id());
+            encode_record(record, &mut batch.data, &mut scratch);
+            batch.ends.push(batch.data.len());
+        }
+        batch
+    }
+
+    /// The encoded records in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let slice = &self.data[start..end];
+            start = end;
+            slice
+        })
+    }
+
+    /// Total encoded bytes.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.data.len() as u64
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.ends.len()
+    }
+}
+
+fn put_len_delimited(tag: u32, value: &[u8], buf: &mut Vec<u8>) {
+    encode_key(tag, WireType::LengthDelimited, buf);
+    encode_varint(value.len() as u64, buf);
+    buf.extend_from_slice(value);
+}
+
+fn len_delimited_len(tag: u32, len: usize) -> usize {
+    prost::encoding::key_len(tag) + encoded_len_varint(len as u64) + len
+}
+
+/// Append the protobuf encoding of `record` to `buf`. `scratch` is reused for JSON text.
+pub(crate) fn encode_record(record: &Record, buf: &mut Vec<u8>, scratch: &mut Vec<u8>) {
+    if let Some(id) = &record.id {
+        put_len_delimited(1, id.as_bytes(), buf);
+    }
+    if !record.stream.is_empty() {
+        put_len_delimited(2, record.stream.as_bytes(), buf);
+    }
+    if !record.source.is_empty() {
+        put_len_delimited(3, record.source.as_bytes(), buf);
+    }
+    if record.timestamp_ms != 0 {
+        encode_key(4, WireType::Varint, buf);
+        // int64 on the wire: two's complement as a 64-bit varint.
+        encode_varint(record.timestamp_ms as u64, buf);
+    }
+    for (key, value) in &record.attributes {
+        let key_len = if key.is_empty() {
+            0
+        } else {
+            len_delimited_len(1, key.len())
+        };
+        let value_len = if value.is_empty() {
+            0
+        } else {
+            len_delimited_len(2, value.len())
+        };
+        encode_key(5, WireType::LengthDelimited, buf);
+        encode_varint((key_len + value_len) as u64, buf);
+        if !key.is_empty() {
+            put_len_delimited(1, key.as_bytes(), buf);
+        }
+        if !value.is_empty() {
+            put_len_delimited(2, value.as_bytes(), buf);
+        }
+    }
+    match &record.body {
+        Body::Json(value) => {
+            scratch.clear();
+            // Writing a `serde_json::Value` into a Vec cannot fail.
+            let _ = serde_json::to_writer(&mut *scratch, value);
+            put_len_delimited(6, scratch, buf);
+        }
+        Body::Raw(bytes) => put_len_delimited(7, bytes, buf),
+    }
+}
+
+/// Why a stored record could not be read back.
+#[derive(Debug)]
+pub(crate) struct DecodeError(pub(crate) String);
+
+/// Decode one stored record. Stored records always carry an id.
+pub(crate) fn decode_record(bytes: &[u8]) -> Result<Record, DecodeError> {
+    let message = pb::Record::decode(bytes).map_err(|e| DecodeError(format!("protobuf: {e}")))?;
+    let record = Record::try_from(message).map_err(|e| DecodeError(e.to_string()))?;
+    if record.id.is_none() {
+        return Err(DecodeError("stored record has no id".into()));
+    }
+    Ok(record)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_proto::Bytes;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn same_as_prost(record: &Record) {
+        let mut ours = Vec::new();
+        encode_record(record, &mut ours, &mut Vec::new());
+        let theirs = pb::Record::from(record).encode_to_vec();
+        assert_eq!(ours, theirs, "{record:?}");
+    }
+
+    #[test]
+    fn matches_prost_on_edge_cases() {
+        let mut r = Record::new("", "", 0, Body::Raw(Bytes::new()));
+        same_as_prost(&r);
+        r = r.with_id(RecordId::new_v7());
+        same_as_prost(&r);
+        let r = Record::new("logs", "a", -5, Body::Json(json!({"k": [1, "two", null]})))
+            .with_attribute("", "")
+            .with_attribute("k", "")
+            .with_attribute("", "v")
+            .with_attribute("host", "pc-12");
+        same_as_prost(&r);
+    }
+
+    #[test]
+    fn encode_assigns_ids_and_decodes_back() {
+        let mut records = vec![
+            Record::new("logs", "a", 1, Body::Json(json!({"m": 1}))),
+            Record::new("logs", "a", 2, Body::Raw(Bytes::from_static(b"\x00\x01")))
+                .with_id(RecordId::new_v7()),
+        ];
+        let kept = records[1].id;
+        let batch = EncodedBatch::encode(&mut records);
+        assert_eq!(batch.ids.len(), 2);
+        assert_eq!(Some(batch.ids[1]), kept);
+        let decoded: Vec<Record> = batch.iter().map(|b| decode_record(b).unwrap()).collect();
+        assert_eq!(decoded, records);
+        assert_eq!(
+            batch.bytes(),
+            batch.iter().map(|b| b.len() as u64).sum::<u64>()
+        );
+    }
+
+    #[test]
+    fn decode_refuses_garbage_and_id_less_records() {
+        assert!(decode_record(b"\xff\xff\xff").is_err());
+        let mut bytes = Vec::new();
+        encode_record(
+            &Record::new("s", "a", 1, Body::Raw(Bytes::new())),
+            &mut bytes,
+            &mut Vec::new(),
+        );
+        assert!(decode_record(&bytes).is_err());
+    }
+
+    fn arb_record() -> impl Strategy<Value = Record> {
+        (
+            proptest::option::of(any::<u128>().prop_filter("non-nil", |v| *v != 0)),
+            ".{0,12}",
+            ".{0,12}",
+            any::<i64>(),
+            proptest::collection::btree_map(".{0,6}", ".{0,6}", 0..4),
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..64)
+                    .prop_map(|b| Body::Raw(Bytes::from(b))),
+                (any::<i64>(), ".{0,16}").prop_map(|(n, s)| Body::Json(json!({"n": n, "s": s}))),
+            ],
+        )
+            .prop_map(|(id, stream, source, ts, attributes, body)| Record {
+                id: id.and_then(|v| RecordId::from_uuid(uuid::Uuid::from_u128(v))),
+                stream,
+                source,
+                timestamp_ms: ts,
+                attributes,
+                body,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn encoding_equals_prost_and_round_trips(record in arb_record()) {
+            same_as_prost(&record);
+            if record.id.is_some() {
+                let mut bytes = Vec::new();
+                encode_record(&record, &mut bytes, &mut Vec::new());
+                prop_assert_eq!(decode_record(&bytes).unwrap(), record);
+            }
+        }
+    }
+}
