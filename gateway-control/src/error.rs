@@ -1,0 +1,206 @@
+//! The crate's error type.
+
+use gateway_proto::{CommandId, ErrorBody, ErrorCode};
+
+use crate::CommandState;
+
+/// Everything that can go wrong in this crate.
+///
+/// Each variant says what failed and, where it helps, what to do about it. [`Error::code`] maps
+/// a variant to the stable [`ErrorCode`] used in HTTP error bodies and `error` frames.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A configuration value is out of range.
+    #[error("invalid configuration `{param}`: {reason}")]
+    InvalidConfig {
+        /// The parameter, as named in the config struct (e.g. `backoff.cap_ms`).
+        param: &'static str,
+        /// What is wrong and what is allowed.
+        reason: String,
+    },
+    /// A SQLite database (command journal, command queue, event log) failed.
+    #[error("{what} storage failed: {source} (check that the file is writable and the disk is not full)")]
+    Storage {
+        /// Which store failed (`command journal`, `command queue`, `event log`).
+        what: &'static str,
+        /// The SQLite error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// Stored data could not be decoded (a corrupted or foreign database file).
+    #[error("{what} holds unreadable data: {reason}")]
+    CorruptStore {
+        /// Which store.
+        what: &'static str,
+        /// What could not be read.
+        reason: String,
+    },
+    /// A wire message could not be decoded or broke a protocol rule.
+    #[error(transparent)]
+    Proto(#[from] gateway_proto::Error),
+    /// The outbox is full: the frame was not queued. Retry once the control channel is back.
+    #[error("the outbox is full ({capacity} frames wait for the connection); the frame was dropped")]
+    OutboxFull {
+        /// The configured capacity (`outbox_capacity`).
+        capacity: usize,
+    },
+    /// The frame type may not be sent through this call.
+    #[error("a `{frame_type}` frame cannot be sent here: {reason}")]
+    FrameNotAllowed {
+        /// The frame's type.
+        frame_type: &'static str,
+        /// Which call to use instead.
+        reason: &'static str,
+    },
+    /// The session is not in a state that allows this call.
+    #[error("the session is not established: {reason}")]
+    NotEstablished {
+        /// Why the call could not be made now.
+        reason: &'static str,
+    },
+    /// The command id is not known here.
+    #[error("command {id} is not known")]
+    UnknownCommand {
+        /// The id.
+        id: CommandId,
+    },
+    /// The command already has a final outcome; it cannot change any more.
+    #[error("command {id} already finished as `{state}`")]
+    CommandFinished {
+        /// The id.
+        id: CommandId,
+        /// Its final state.
+        state: CommandState,
+    },
+    /// Canceling a command the gateway may already be running needs `force`.
+    #[error(
+        "command {id} is `{state}`: the gateway may already run it; cancel with force=true to stop tracking it anyway"
+    )]
+    CancelRequiresForce {
+        /// The id.
+        id: CommandId,
+        /// Its current state.
+        state: CommandState,
+    },
+    /// A command does not belong to the gateway that reported on it.
+    #[error("command {id} does not belong to gateway `{gateway_id}`")]
+    WrongGateway {
+        /// The command.
+        id: CommandId,
+        /// The gateway that reported.
+        gateway_id: String,
+    },
+    /// The gateway has no live control session on this server.
+    #[error("gateway `{gateway_id}` is not connected")]
+    NotConnected {
+        /// The gateway.
+        gateway_id: String,
+    },
+    /// A request was refused because of its content.
+    #[error("invalid request: {reason}")]
+    InvalidRequest {
+        /// What is wrong.
+        reason: String,
+    },
+    /// The WebSocket connection could not be opened or broke.
+    #[error("control channel to {url}: {reason}")]
+    Connect {
+        /// The server URL.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+    /// An HTTP request (REST fallback) failed before an answer came back.
+    #[error("HTTP request to {url} failed: {reason}")]
+    Http {
+        /// The URL.
+        url: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The server answered an HTTP request with an error.
+    #[error("server answered {status}: {} ({})", .body.error.message, .body.error.code)]
+    Rejected {
+        /// HTTP status.
+        status: u16,
+        /// The error body.
+        body: ErrorBody,
+    },
+    /// The driver task has stopped; no more calls can be served.
+    #[error("the control-channel driver has stopped")]
+    DriverStopped,
+}
+
+impl Error {
+    /// The stable code reported for this error in an HTTP error body or an `error` frame.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::Proto(e) => e.code(),
+            Error::UnknownCommand { .. } | Error::NotConnected { .. } => ErrorCode::NotFound,
+            Error::WrongGateway { .. } => ErrorCode::Forbidden,
+            Error::CommandFinished { .. } | Error::CancelRequiresForce { .. } => {
+                ErrorCode::Conflict
+            }
+            Error::InvalidRequest { .. } | Error::InvalidConfig { .. } => {
+                ErrorCode::InvalidRequest
+            }
+            Error::FrameNotAllowed { .. } | Error::NotEstablished { .. } => {
+                ErrorCode::UnexpectedFrame
+            }
+            Error::Rejected { body, .. } => body.error.code.clone(),
+            Error::OutboxFull { .. } | Error::Connect { .. } | Error::Http { .. } => {
+                ErrorCode::Unavailable
+            }
+            Error::DriverStopped => ErrorCode::Unavailable,
+            Error::Storage { .. } | Error::CorruptStore { .. } => ErrorCode::Internal,
+        }
+    }
+
+    /// The HTTP error body for this error.
+    pub fn to_body(&self) -> ErrorBody {
+        ErrorBody::new(self.code(), self.to_string())
+    }
+
+    pub(crate) fn journal(source: rusqlite::Error) -> Self {
+        Error::Storage {
+            what: "command journal",
+            source,
+        }
+    }
+
+    #[cfg(feature = "server")]
+    pub(crate) fn queue(source: rusqlite::Error) -> Self {
+        Error::Storage {
+            what: "command queue",
+            source,
+        }
+    }
+
+    #[cfg(feature = "server")]
+    pub(crate) fn event_log(source: rusqlite::Error) -> Self {
+        Error::Storage {
+            what: "event log",
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_stable_and_bodies_carry_them() {
+        let id = CommandId::new_v7();
+        let err = Error::CancelRequiresForce {
+            id,
+            state: CommandState::Received,
+        };
+        assert_eq!(err.code(), ErrorCode::Conflict);
+        let body = err.to_body();
+        assert_eq!(body.http_status(), 409);
+        assert!(body.error.message.contains("force=true"), "{}", body.error.message);
+        assert_eq!(Error::UnknownCommand { id }.code().http_status(), 404);
+    }
+}
