@@ -380,10 +380,10 @@ impl Store {
         Ok(deleted)
     }
 
-    /// Evict records older than `retention` that are not leased (inside a transaction).
+    /// Evict records at least `retention` old that are not leased (inside a transaction).
     pub(crate) fn evict_expired(&mut self, now_ms: i64) -> Result<u64, Failure> {
         let cutoff = now_ms.saturating_sub(self.config.retention_ms());
-        self.evict_oldest(EvictionReason::Age, |_, slot| slot.appended_ms >= cutoff)
+        self.evict_oldest(EvictionReason::Age, |_, slot| slot.appended_ms > cutoff)
     }
 
     /// Evict unleased records oldest first until `done(freed_bytes, next_candidate)` says stop
@@ -730,8 +730,14 @@ impl Store {
         } else {
             free.min(VACUUM_STEP_PAGES)
         };
+        // The pragma frees pages as it is stepped: run it to completion.
         self.conn
-            .execute_batch(&format!("PRAGMA incremental_vacuum({step})"))
+            .prepare(&format!("PRAGMA incremental_vacuum({step})"))
+            .and_then(|mut stmt| {
+                let mut rows = stmt.query([])?;
+                while rows.next()?.is_some() {}
+                Ok(())
+            })
             .map_err(self.sql("giving space back"))?;
         // In WAL mode the file shrinks when the checkpoint applies the truncation.
         self.conn
