@@ -86,8 +86,7 @@ impl RetryPolicy {
         let doublings = (failures - 1).min(63);
         let ms = self
             .base_ms
-            .checked_mul(1u64 << doublings)
-            .unwrap_or(u64::MAX)
+            .saturating_mul(1u64 << doublings)
             .min(self.cap_ms);
         Duration::from_millis(ms)
     }

@@ -601,10 +601,31 @@ async fn send_group<S: RecordSource>(
             tracing::info!(batch = %batch.batch_id, "shutdown deadline passed; releasing a batch in flight");
             release_all_ids(shared, &layout).await;
         }
-        Some(Attempt::Answered(ack)) => {
+        Some(Attempt::Answered(ack)) if ack_adds_up(&ack, count) => {
             metrics::histogram!("gateway_uplink_request_seconds", "outcome" => "ok")
                 .record(elapsed.as_secs_f64());
-            on_ack(shared, &layout, count, ack).await;
+            on_ack(shared, &layout, ack).await;
+        }
+        Some(Attempt::Answered(ack)) => {
+            // Something between us and the receiver mangled the answer. Acking could lose
+            // records; re-sending is safe (the server dedups), so treat it as a failure.
+            let message = format!(
+                "the server's BatchAck does not add up: {count} records sent, {} accepted + {} \
+                 duplicates + {} rejected answered",
+                ack.accepted,
+                ack.duplicates,
+                ack.rejected.len()
+            );
+            on_failure(
+                shared,
+                &layout,
+                (count, bytes),
+                epoch,
+                Failure::Connection,
+                None,
+                message,
+            )
+            .await;
         }
         Some(Attempt::Failed {
             failure,
@@ -637,20 +658,12 @@ async fn release_all_ids<S: RecordSource>(shared: &Shared<S>, layout: &Layout<S:
 
 /// Ack each lease, or dead-letter the records the server rejected (indexes are into the
 /// whole batch; each lease gets its own slice).
-async fn on_ack<S: RecordSource>(
-    shared: &Shared<S>,
-    layout: &Layout<S::LeaseId>,
-    count: usize,
-    ack: BatchAck,
-) {
+fn ack_adds_up(ack: &BatchAck, count: usize) -> bool {
     let answered = ack.accepted as usize + ack.duplicates as usize + ack.rejected.len();
-    if answered != count {
-        tracing::warn!(
-            sent = count,
-            answered,
-            "the server's BatchAck does not add up to the batch size"
-        );
-    }
+    answered == count && ack.rejected.iter().all(|r| (r.index as usize) < count)
+}
+
+async fn on_ack<S: RecordSource>(shared: &Shared<S>, layout: &Layout<S::LeaseId>, ack: BatchAck) {
     let mut rejected = 0u64;
     let mut offset = 0usize;
     for (id, len) in layout {
