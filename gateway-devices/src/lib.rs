@@ -13,6 +13,8 @@ mod error;
 pub mod hikvision;
 mod lifecycle;
 mod registry;
+#[cfg(feature = "simulator")]
+pub mod simulator;
 pub mod time;
 pub mod tls;
 
