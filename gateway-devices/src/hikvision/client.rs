@@ -180,6 +180,13 @@ impl IsapiClient {
                     stale_retries += 1;
                     let _ = challenge;
                 }
+                (Sent::Digest { .. }, Some(challenge)) if challenge.stale => {
+                    // Credentials are right (stale), but fresh nonces keep expiring.
+                    return Err(Error::protocol(format!(
+                        "the device declared {} fresh nonces stale in a row; check its clock",
+                        stale_retries + 1
+                    )));
+                }
                 (Sent::Digest { nonce }, Some(challenge))
                     if !fresh && verified && challenge.nonce != *nonce =>
                 {
