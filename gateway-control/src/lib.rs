@@ -13,6 +13,8 @@ pub mod backoff;
 mod close;
 mod error;
 pub mod gateway;
+#[cfg(feature = "server")]
+pub mod server;
 mod state;
 
 pub use close::CloseReason;
@@ -23,3 +25,9 @@ pub use gateway::{
     SqliteJournal, Transmit,
 };
 pub use state::{CommandState, UnknownState};
+
+#[cfg(feature = "server")]
+pub use server::{
+    CommandQueue, ControlPlane, EventLog, Hub, HubConfig, HubEvent, NewCommand, ServerEvent,
+    ServerSession, ServerSessionConfig, ServerTransmit, SqliteCommandQueue,
+};

@@ -1,0 +1,620 @@
+//! [`Hub`]: the tokio side of the server — which gateway is connected where, one task per
+//! WebSocket connection driving a [`ServerSession`], and the timer task.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use gateway_proto::auth::{Authenticator, Principal};
+use gateway_proto::clock::Clock;
+use gateway_proto::{
+    Command, CommandId, ControlFrame, Encoding, ErrorFrame, Hello, Limits, SessionId,
+    WireMessage, decode_frame,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, broadcast, mpsc};
+
+use super::events::EventLog;
+use super::plane::ControlPlane;
+use super::presence::GatewayPresence;
+use super::queue::{AckRecord, CommandFilter, CommandQueue, CommandRecord, NewCommand, StateChange};
+use super::session::{ServerEvent, ServerSession, ServerSessionConfig, ServerTransmit};
+use crate::{CloseReason, Error};
+
+/// Settings of a [`Hub`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HubConfig {
+    /// Per-connection session settings (heartbeat interval, silence rule, handshake timeout).
+    pub session: ServerSessionConfig,
+    /// Unfinished commands per gateway at once; further ones wait queued. Default 32.
+    pub max_in_flight_per_gateway: usize,
+    /// Size limits for frames from gateways.
+    pub limits: Limits,
+    /// WebSocket read buffer per connection, bytes (allocated up front: it dominates the
+    /// memory of an idle connection). Default 4,096.
+    pub ws_read_buffer_bytes: usize,
+    /// Hub events a slow [`Hub::subscribe`] receiver may fall behind before it lags.
+    /// Default 16,384.
+    pub hub_event_capacity: usize,
+    /// Longest sleep of the timer task, ms (a safety net; it wakes for every due timer anyway).
+    /// Default 1,000.
+    pub max_timer_sleep_ms: u64,
+}
+
+impl Default for HubConfig {
+    fn default() -> Self {
+        HubConfig {
+            session: ServerSessionConfig::default(),
+            max_in_flight_per_gateway: 32,
+            limits: Limits::default(),
+            ws_read_buffer_bytes: 4_096,
+            hub_event_capacity: 16_384,
+            max_timer_sleep_ms: 1_000,
+        }
+    }
+}
+
+impl HubConfig {
+    /// Check every value; the error names the parameter.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.session.validate()?;
+        for (param, value) in [
+            ("max_in_flight_per_gateway", self.max_in_flight_per_gateway as u64),
+            ("ws_read_buffer_bytes", self.ws_read_buffer_bytes as u64),
+            ("hub_event_capacity", self.hub_event_capacity as u64),
+            ("max_timer_sleep_ms", self.max_timer_sleep_ms),
+        ] {
+            if value == 0 {
+                return Err(Error::InvalidConfig {
+                    param,
+                    reason: "must be at least 1".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What happens on the hub, for the application (policy rollouts, audit, ...).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum HubEvent {
+    /// A gateway's session was established. `hello.applied_policies` tells which policy
+    /// versions it runs.
+    SessionEstablished {
+        /// The gateway.
+        gateway_id: String,
+        /// Its tenant (from its token).
+        tenant: String,
+        /// The session.
+        session_id: SessionId,
+        /// The presence epoch of the session.
+        epoch: u64,
+        /// The gateway's `hello`.
+        hello: Arc<Hello>,
+    },
+    /// A gateway → server frame the control channel does not consume (`policy_status`,
+    /// `error`).
+    Frame {
+        /// The gateway.
+        gateway_id: String,
+        /// The session it came on.
+        session_id: SessionId,
+        /// The frame.
+        frame: Arc<ControlFrame>,
+    },
+    /// A session ended.
+    SessionClosed {
+        /// The gateway.
+        gateway_id: String,
+        /// The session.
+        session_id: SessionId,
+        /// Its epoch.
+        epoch: u64,
+        /// Why.
+        reason: CloseReason,
+    },
+}
+
+enum ConnMsg {
+    Deliver,
+    Frame(Box<ControlFrame>),
+    Close(CloseReason),
+}
+
+struct Conn {
+    epoch: u64,
+    session_id: SessionId,
+    tx: mpsc::UnboundedSender<ConnMsg>,
+}
+
+struct Inner {
+    plane: ControlPlane,
+    auth: Arc<dyn Authenticator>,
+    config: HubConfig,
+    clock: Arc<dyn Clock>,
+    conns: Mutex<HashMap<String, Conn>>,
+    hub_events: broadcast::Sender<HubEvent>,
+    timers: Notify,
+}
+
+/// The server's control-channel hub. Cheap to clone (shared).
+///
+/// Build it over a [`CommandQueue`] and an [`EventLog`], start its timers with
+/// [`Hub::spawn_timers`], and serve [`Hub::router`] (the WebSocket endpoint and the REST
+/// fallback) and, for operators, [`Hub::operator_router`] and
+/// [`super::event_routes`].
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("connected", &self.conns().len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+impl Hub {
+    /// A hub. `auth` turns bearer tokens into principals: gateways connect with a
+    /// [`gateway_proto::auth::Role::Gateway`] token, operators call the operator routes with an
+    /// `Admin` one.
+    pub fn new(
+        config: HubConfig,
+        queue: Arc<dyn CommandQueue>,
+        events: EventLog,
+        auth: Arc<dyn Authenticator>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Hub, Error> {
+        config.validate()?;
+        let plane = ControlPlane::new(
+            queue,
+            events,
+            clock.clone(),
+            config.max_in_flight_per_gateway,
+            config.session.offline_after_intervals,
+        );
+        let (hub_events, _) = broadcast::channel(config.hub_event_capacity);
+        Ok(Hub {
+            inner: Arc::new(Inner {
+                plane,
+                auth,
+                config,
+                clock,
+                conns: Mutex::new(HashMap::new()),
+                hub_events,
+                timers: Notify::new(),
+            }),
+        })
+    }
+
+    fn conns(&self) -> MutexGuard<'_, HashMap<String, Conn>> {
+        self.inner.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The control plane (queue, presence, events) under the hub.
+    pub fn plane(&self) -> &ControlPlane {
+        &self.inner.plane
+    }
+
+    /// The event log.
+    pub fn events(&self) -> &EventLog {
+        self.inner.plane.events()
+    }
+
+    /// The authenticator.
+    pub fn authenticator(&self) -> &Arc<dyn Authenticator> {
+        &self.inner.auth
+    }
+
+    /// The config.
+    pub fn config(&self) -> &HubConfig {
+        &self.inner.config
+    }
+
+    /// Hub events: sessions established and closed, frames for the application. A receiver
+    /// that falls more than `hub_event_capacity` behind gets `Lagged` and skips ahead.
+    pub fn subscribe(&self) -> broadcast::Receiver<HubEvent> {
+        self.inner.hub_events.subscribe()
+    }
+
+    /// True when the gateway has a live WebSocket session here.
+    pub fn is_connected(&self, gateway_id: &str) -> bool {
+        self.conns().contains_key(gateway_id)
+    }
+
+    /// The live session of a gateway here: its id and presence epoch.
+    pub fn session_of(&self, gateway_id: &str) -> Option<(SessionId, u64)> {
+        self.conns()
+            .get(gateway_id)
+            .map(|c| (c.session_id, c.epoch))
+    }
+
+    /// Gateways with a live WebSocket session here.
+    pub fn connected(&self) -> Vec<String> {
+        self.conns().keys().cloned().collect()
+    }
+
+    /// Send a server → gateway frame (`policy_update`, `error`, or a `command` that bypasses
+    /// the queue) to a connected gateway. It is sent after frames already queued for it.
+    pub fn send_frame(&self, gateway_id: &str, frame: ControlFrame) -> Result<(), Error> {
+        match &frame {
+            ControlFrame::Command(_) | ControlFrame::PolicyUpdate(_) | ControlFrame::Error(_) => {}
+            other => {
+                return Err(Error::FrameNotAllowed {
+                    frame_type: other.frame_type(),
+                    reason: "only command, policy_update and error go from server to gateway outside the session's own frames",
+                });
+            }
+        }
+        let conns = self.conns();
+        let conn = conns.get(gateway_id).ok_or_else(|| Error::NotConnected {
+            gateway_id: gateway_id.to_owned(),
+        })?;
+        conn.tx
+            .send(ConnMsg::Frame(Box::new(frame)))
+            .map_err(|_| Error::NotConnected {
+                gateway_id: gateway_id.to_owned(),
+            })
+    }
+
+    /// Close a gateway's session (it will reconnect on its own).
+    pub fn disconnect(&self, gateway_id: &str) -> bool {
+        self.conns()
+            .get(gateway_id)
+            .is_some_and(|c| c.tx.send(ConnMsg::Close(CloseReason::Requested)).is_ok())
+    }
+
+    fn nudge(&self, gateway_id: &str) {
+        if let Some(conn) = self.conns().get(gateway_id) {
+            let _ = conn.tx.send(ConnMsg::Deliver);
+        }
+    }
+
+    /// Store a command and deliver it at once if its gateway is connected. Returns once the
+    /// command is stored.
+    pub fn enqueue(&self, command: NewCommand) -> Result<CommandRecord, Error> {
+        let record = self.inner.plane.enqueue(command)?;
+        self.nudge(&record.gateway_id);
+        self.inner.timers.notify_one();
+        Ok(record)
+    }
+
+    /// Store many commands in one transaction (a fleet-wide fan-out), then deliver.
+    pub fn enqueue_many(&self, commands: Vec<NewCommand>) -> Result<Vec<CommandRecord>, Error> {
+        let records = self.inner.plane.enqueue_many(commands)?;
+        let mut gateways: Vec<&str> = records.iter().map(|r| r.gateway_id.as_str()).collect();
+        gateways.sort_unstable();
+        gateways.dedup();
+        {
+            let conns = self.conns();
+            for gateway in gateways {
+                if let Some(conn) = conns.get(gateway) {
+                    let _ = conn.tx.send(ConnMsg::Deliver);
+                }
+            }
+        }
+        self.inner.timers.notify_one();
+        Ok(records)
+    }
+
+    /// Cancel a command (`force` for one the gateway may already run).
+    pub fn cancel(&self, id: &CommandId, force: bool) -> Result<StateChange, Error> {
+        self.inner.plane.cancel(id, force)
+    }
+
+    /// One command.
+    pub fn command(&self, id: &CommandId) -> Result<Option<CommandRecord>, Error> {
+        self.inner.plane.command(id)
+    }
+
+    /// Commands matching `filter`.
+    pub fn commands(&self, filter: &CommandFilter) -> Result<Vec<CommandRecord>, Error> {
+        self.inner.plane.commands(filter)
+    }
+
+    /// The acknowledgement history of a command (stale ones included).
+    pub fn acks(&self, id: &CommandId) -> Result<Vec<AckRecord>, Error> {
+        self.inner.plane.queue().acks(id)
+    }
+
+    /// One gateway's presence.
+    pub fn presence(&self, gateway_id: &str) -> Option<GatewayPresence> {
+        self.inner.plane.presence(gateway_id)
+    }
+
+    /// Every known gateway's presence.
+    pub fn gateways(&self) -> Vec<GatewayPresence> {
+        self.inner.plane.gateways()
+    }
+
+    /// Start the timer task: expiry, step timeouts, redeliveries and offline detection fire
+    /// on time, for connected gateways and for ones that never come back. Run exactly one per
+    /// queue.
+    pub fn spawn_timers(&self) -> tokio::task::JoinHandle<()> {
+        let hub = self.clone();
+        tokio::spawn(async move { hub.run_timers().await })
+    }
+
+    async fn run_timers(self) {
+        let max_sleep = self.inner.config.max_timer_sleep_ms as i64;
+        loop {
+            match self.inner.plane.tick() {
+                Ok(redeliver) => {
+                    let conns = self.conns();
+                    for (gateway, command) in redeliver {
+                        if let Some(conn) = conns.get(&gateway) {
+                            let _ = conn
+                                .tx
+                                .send(ConnMsg::Frame(Box::new(ControlFrame::Command(command))));
+                        }
+                    }
+                }
+                Err(e) => tracing::error!(error = %e, "command timers could not run"),
+            }
+            let next = self.inner.plane.next_timer_ms().unwrap_or_else(|e| {
+                tracing::error!(error = %e, "could not read the next timer");
+                None
+            });
+            let wait_ms = next
+                .map(|at| at.saturating_sub(self.inner.clock.now_ms()))
+                .unwrap_or(max_sleep)
+                .clamp(0, max_sleep);
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(wait_ms as u64)) => {}
+                () = self.inner.timers.notified() => {}
+            }
+        }
+    }
+
+    /// Serve one upgraded WebSocket of an authenticated gateway until it closes.
+    pub(crate) async fn run_connection(self, socket: WebSocket, principal: Principal, encoding: Encoding) {
+        Connection::new(self, socket, principal, encoding).run().await;
+    }
+
+    fn register(&self, gateway_id: &str, conn: Conn) {
+        let old = self.conns().insert(gateway_id.to_owned(), conn);
+        if let Some(old) = old {
+            let _ = old.tx.send(ConnMsg::Close(CloseReason::Superseded));
+        }
+        metrics::gauge!("gateway_control_sessions").set(self.conns().len() as f64);
+    }
+
+    fn unregister(&self, gateway_id: &str, epoch: u64) {
+        let mut conns = self.conns();
+        if conns.get(gateway_id).is_some_and(|c| c.epoch == epoch) {
+            conns.remove(gateway_id);
+        }
+        metrics::gauge!("gateway_control_sessions").set(conns.len() as f64);
+    }
+}
+
+/// One WebSocket connection: a [`ServerSession`] and the socket.
+struct Connection {
+    hub: Hub,
+    socket: WebSocket,
+    session: ServerSession,
+    encoding: Encoding,
+    tx: mpsc::UnboundedSender<ConnMsg>,
+    rx: mpsc::UnboundedReceiver<ConnMsg>,
+    epoch: Option<u64>,
+}
+
+impl Connection {
+    fn new(hub: Hub, socket: WebSocket, principal: Principal, encoding: Encoding) -> Self {
+        let session = ServerSession::new(
+            hub.inner.config.session.clone(),
+            principal,
+            SessionId::new_v7(),
+            hub.inner.clock.clone(),
+            now(),
+        );
+        let (tx, rx) = mpsc::unbounded_channel();
+        Connection {
+            hub,
+            socket,
+            session,
+            encoding,
+            tx,
+            rx,
+            epoch: None,
+        }
+    }
+
+    async fn run(mut self) {
+        metrics::counter!("gateway_control_connections_total").increment(1);
+        loop {
+            self.flush().await;
+            self.handle_events();
+            if self.session.is_closed() {
+                self.flush().await;
+                break;
+            }
+            let deadline = self.session.poll_timeout();
+            let sleep = async {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                message = self.socket.recv() => self.on_message(message),
+                Some(msg) = self.rx.recv() => self.on_hub_message(msg),
+                () = sleep => self.session.handle_timeout(now()),
+            }
+        }
+        self.handle_events();
+    }
+
+    async fn flush(&mut self) {
+        while let Some(transmit) = self.session.poll_transmit() {
+            match transmit {
+                ServerTransmit::Frame(frame) => {
+                    let message = encode(&frame, self.encoding);
+                    if self.socket.send(message).await.is_err() {
+                        self.session.disconnected(now());
+                    } else {
+                        metrics::counter!("gateway_control_server_frames_sent_total").increment(1);
+                    }
+                }
+                ServerTransmit::Close(reason) => {
+                    let code = match reason {
+                        CloseReason::IdentityMismatch => 1008, // policy violation
+                        CloseReason::UnsupportedVersion => 1002, // protocol error
+                        _ => 1000,
+                    };
+                    let frame = CloseFrame {
+                        code,
+                        reason: reason.to_string().chars().take(100).collect::<String>().into(),
+                    };
+                    let _ = self.socket.send(Message::Close(Some(frame))).await;
+                }
+            }
+        }
+    }
+
+    fn send_commands(&mut self, commands: Vec<Command>) {
+        for command in commands {
+            if let Err(e) = self.session.send(ControlFrame::Command(command)) {
+                tracing::debug!(error = %e, "command not sent; it stays unconfirmed and is redelivered");
+            }
+        }
+    }
+
+    fn reply_error(&mut self, error: &Error) {
+        let frame = ControlFrame::Error(ErrorFrame::new(error.code(), error.to_string()));
+        let _ = self.session.send(frame);
+    }
+
+    fn handle_events(&mut self) {
+        let hub = self.hub.clone();
+        let plane = hub.plane();
+        while let Some(event) = self.session.poll_event() {
+            let gateway_id = self.session.gateway_id().to_owned();
+            match event {
+                ServerEvent::Established {
+                    hello, session_id, ..
+                } => {
+                    let interval = self.hub.inner.config.session.heartbeat_interval_ms;
+                    match plane.session_started(self.session.principal(), &hello, session_id, interval) {
+                        Ok((epoch, commands)) => {
+                            self.epoch = Some(epoch);
+                            self.hub.register(
+                                &gateway_id,
+                                Conn {
+                                    epoch,
+                                    session_id,
+                                    tx: self.tx.clone(),
+                                },
+                            );
+                            let _ = self.hub.inner.hub_events.send(HubEvent::SessionEstablished {
+                                gateway_id: gateway_id.clone(),
+                                tenant: self.session.principal().tenant.clone(),
+                                session_id,
+                                epoch,
+                                hello: Arc::from(hello),
+                            });
+                            self.send_commands(commands);
+                        }
+                        Err(e) => {
+                            tracing::error!(gateway = %gateway_id, error = %e, "could not start a session");
+                            self.reply_error(&e);
+                            self.session.close(CloseReason::ProtocolError(e.to_string()));
+                        }
+                    }
+                }
+                ServerEvent::Heartbeat { status, .. } => {
+                    if let Some(epoch) = self.epoch {
+                        plane.seen(&gateway_id, epoch, Some(*status));
+                    }
+                }
+                ServerEvent::CommandAck(ack) => {
+                    if let Some(epoch) = self.epoch {
+                        plane.seen(&gateway_id, epoch, None);
+                    }
+                    match plane.command_ack(&gateway_id, &ack) {
+                        Ok((_, next)) => self.send_commands(next),
+                        Err(e) => self.reply_error(&e),
+                    }
+                }
+                ServerEvent::Frame(frame) => {
+                    let _ = self.hub.inner.hub_events.send(HubEvent::Frame {
+                        gateway_id,
+                        session_id: self.session.session_id(),
+                        frame: Arc::new(frame),
+                    });
+                }
+                ServerEvent::Closed { reason, .. } => {
+                    if let Some(epoch) = self.epoch {
+                        plane.session_ended(&gateway_id, epoch, &reason.to_string());
+                        self.hub.unregister(&gateway_id, epoch);
+                        let _ = self.hub.inner.hub_events.send(HubEvent::SessionClosed {
+                            gateway_id,
+                            session_id: self.session.session_id(),
+                            epoch,
+                            reason,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_message(&mut self, message: Option<Result<Message, axum::Error>>) {
+        let at = now();
+        let bytes = match message {
+            Some(Ok(Message::Text(text))) => bytes::Bytes::from(text),
+            Some(Ok(Message::Binary(bytes))) => bytes,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => return,
+            Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                self.session.disconnected(at);
+                return;
+            }
+        };
+        metrics::counter!("gateway_control_server_frames_received_total").increment(1);
+        match decode_frame(&bytes, self.encoding, &self.hub.inner.config.limits) {
+            Ok(frame) => self.session.handle_frame(at, frame),
+            Err(e) => {
+                metrics::counter!("gateway_control_server_bad_frames_total").increment(1);
+                self.session.handle_decode_error(at, &e);
+            }
+        }
+    }
+
+    fn on_hub_message(&mut self, msg: ConnMsg) {
+        match msg {
+            ConnMsg::Deliver => {
+                if self.session.is_established() {
+                    match self.hub.inner.plane.deliverable(self.session.gateway_id()) {
+                        Ok(commands) => self.send_commands(commands),
+                        Err(e) => tracing::error!(error = %e, "could not take commands for delivery"),
+                    }
+                }
+            }
+            ConnMsg::Frame(frame) => {
+                if let Err(e) = self.session.send(*frame) {
+                    tracing::debug!(error = %e, "frame for a closing session dropped");
+                }
+            }
+            ConnMsg::Close(reason) => self.session.close(reason),
+        }
+    }
+}
+
+fn encode(frame: &ControlFrame, encoding: Encoding) -> Message {
+    match encoding {
+        Encoding::Json => match String::from_utf8(frame.to_json()) {
+            Ok(text) => Message::Text(text.into()),
+            Err(e) => Message::Binary(e.into_bytes().into()),
+        },
+        Encoding::Protobuf => Message::Binary(frame.to_protobuf().into()),
+    }
+}

@@ -1,0 +1,708 @@
+//! [`SqliteCommandQueue`]: the default [`CommandQueue`], one SQLite file (WAL).
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use gateway_proto::{CommandAck, CommandAckState, CommandId, Limits};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
+
+use super::{
+    AckOutcome, AckRecord, CommandFilter, CommandQueue, CommandRecord, Delivery, NewCommand,
+    QueueConfig, Resend, StateChange, Sweep,
+};
+use crate::{CommandState, Error};
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS commands (
+    seq                  INTEGER PRIMARY KEY AUTOINCREMENT,
+    id                   BLOB NOT NULL UNIQUE,
+    gateway_id           TEXT NOT NULL,
+    tenant               TEXT,
+    kind                 TEXT NOT NULL,
+    payload              TEXT NOT NULL,
+    target               TEXT,
+    priority             INTEGER NOT NULL,
+    state                TEXT NOT NULL,
+    created_ms           INTEGER NOT NULL,
+    updated_ms           INTEGER NOT NULL,
+    delivery_deadline_ms INTEGER NOT NULL,
+    execution_timeout_ms INTEGER NOT NULL,
+    redeliver_at_ms      INTEGER,
+    step_deadline_ms     INTEGER,
+    timer_ms             INTEGER,
+    attempts             INTEGER NOT NULL DEFAULT 0,
+    detail               TEXT,
+    result               TEXT
+);
+CREATE INDEX IF NOT EXISTS commands_queued
+    ON commands(gateway_id, priority DESC, seq) WHERE state = 'queued';
+CREATE INDEX IF NOT EXISTS commands_unfinished
+    ON commands(gateway_id, seq) WHERE state IN ('sent', 'received', 'in_progress');
+CREATE INDEX IF NOT EXISTS commands_timer ON commands(timer_ms) WHERE timer_ms IS NOT NULL;
+CREATE INDEX IF NOT EXISTS commands_by_gateway ON commands(gateway_id, seq);
+CREATE TABLE IF NOT EXISTS command_acks (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+    command_id BLOB NOT NULL,
+    at_ms      INTEGER NOT NULL,
+    state      TEXT NOT NULL,
+    detail     TEXT,
+    result     TEXT,
+    applied    INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS command_acks_by_command ON command_acks(command_id, seq);
+";
+
+const COLUMNS: &str = "id, gateway_id, tenant, kind, payload, target, priority, state, created_ms, \
+    updated_ms, delivery_deadline_ms, execution_timeout_ms, step_deadline_ms, attempts, detail, \
+    result, redeliver_at_ms";
+
+/// The SQLite command queue. See the [module docs](super) for its guarantees.
+///
+/// One connection behind a mutex: every call is one short transaction.
+#[derive(Debug)]
+pub struct SqliteCommandQueue {
+    conn: Mutex<Connection>,
+    config: QueueConfig,
+    limits: Limits,
+}
+
+/// A row plus the private redelivery time.
+struct Row2 {
+    record: CommandRecord,
+    redeliver_at_ms: Option<i64>,
+}
+
+fn corrupt(reason: String) -> Error {
+    Error::CorruptStore {
+        what: "command queue",
+        reason,
+    }
+}
+
+fn read_row(row: &Row<'_>) -> rusqlite::Result<(Vec<u8>, [Option<String>; 3], RowRest)> {
+    Ok((
+        row.get(0)?,
+        [row.get(4)?, row.get(7)?, row.get(15)?],
+        RowRest {
+            gateway_id: row.get(1)?,
+            tenant: row.get(2)?,
+            kind: row.get(3)?,
+            target: row.get(5)?,
+            priority: row.get(6)?,
+            created_ms: row.get(8)?,
+            updated_ms: row.get(9)?,
+            delivery_deadline_ms: row.get(10)?,
+            execution_timeout_ms: row.get(11)?,
+            step_deadline_ms: row.get(12)?,
+            attempts: row.get(13)?,
+            detail: row.get(14)?,
+            redeliver_at_ms: row.get(16)?,
+        },
+    ))
+}
+
+struct RowRest {
+    gateway_id: String,
+    tenant: Option<String>,
+    kind: String,
+    target: Option<String>,
+    priority: i32,
+    created_ms: i64,
+    updated_ms: i64,
+    delivery_deadline_ms: i64,
+    execution_timeout_ms: i64,
+    step_deadline_ms: Option<i64>,
+    attempts: u32,
+    detail: Option<String>,
+    redeliver_at_ms: Option<i64>,
+}
+
+fn to_record(raw: (Vec<u8>, [Option<String>; 3], RowRest)) -> Result<Row2, Error> {
+    let (id, [payload, state, result], rest) = raw;
+    let id = uuid::Uuid::from_slice(&id)
+        .ok()
+        .and_then(CommandId::from_uuid)
+        .ok_or_else(|| corrupt(format!("a command id of {} bytes", id.len())))?;
+    let json = |text: Option<String>| -> Result<Option<serde_json::Value>, Error> {
+        text.map(|t| serde_json::from_str(&t))
+            .transpose()
+            .map_err(|e| corrupt(format!("command {id}: stored JSON is unreadable: {e}")))
+    };
+    let state: CommandState = state
+        .unwrap_or_default()
+        .parse()
+        .map_err(|e| corrupt(format!("command {id}: {e}")))?;
+    Ok(Row2 {
+        record: CommandRecord {
+            id,
+            gateway_id: rest.gateway_id,
+            tenant: rest.tenant,
+            kind: rest.kind,
+            payload: json(payload)?.unwrap_or(serde_json::Value::Null),
+            target: rest.target,
+            priority: rest.priority,
+            state,
+            created_ms: rest.created_ms,
+            updated_ms: rest.updated_ms,
+            delivery_deadline_ms: rest.delivery_deadline_ms,
+            execution_timeout_ms: u64::try_from(rest.execution_timeout_ms).unwrap_or(0),
+            step_deadline_ms: rest.step_deadline_ms,
+            attempts: rest.attempts,
+            detail: rest.detail,
+            result: json(result)?,
+        },
+        redeliver_at_ms: rest.redeliver_at_ms,
+    })
+}
+
+fn select_many(
+    tx: &Transaction<'_>,
+    sql: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<Row2>, Error> {
+    let mut stmt = tx.prepare_cached(sql).map_err(Error::queue)?;
+    let rows = stmt.query_map(params, read_row).map_err(Error::queue)?;
+    let mut out = Vec::new();
+    for row in rows {
+        out.push(to_record(row.map_err(Error::queue)?)?);
+    }
+    Ok(out)
+}
+
+fn select_one(tx: &Connection, id: &CommandId) -> Result<Option<Row2>, Error> {
+    let raw = tx
+        .prepare_cached(&format!("SELECT {COLUMNS} FROM commands WHERE id = ?1"))
+        .map_err(Error::queue)?
+        .query_row(params![id.as_bytes().as_slice()], read_row)
+        .optional()
+        .map_err(Error::queue)?;
+    raw.map(to_record).transpose()
+}
+
+/// Write a new state with its timers. `timer_ms` is recomputed from the state.
+struct Update<'a> {
+    id: &'a CommandId,
+    state: CommandState,
+    now_ms: i64,
+    redeliver_at_ms: Option<i64>,
+    step_deadline_ms: Option<i64>,
+    delivery_deadline_ms: i64,
+    attempts_delta: u32,
+    detail: Option<&'a str>,
+    result: Option<&'a serde_json::Value>,
+}
+
+fn timer_for(state: CommandState, u: &Update<'_>) -> Option<i64> {
+    match state {
+        CommandState::Queued => Some(u.delivery_deadline_ms),
+        CommandState::Sent => Some(match u.redeliver_at_ms {
+            Some(r) => r.min(u.delivery_deadline_ms),
+            None => u.delivery_deadline_ms,
+        }),
+        CommandState::Received | CommandState::InProgress => u.step_deadline_ms,
+        _ => None,
+    }
+}
+
+fn write(tx: &Transaction<'_>, u: Update<'_>) -> Result<(), Error> {
+    let timer = timer_for(u.state, &u);
+    tx.prepare_cached(
+        "UPDATE commands SET state = ?2, updated_ms = ?3, redeliver_at_ms = ?4, \
+         step_deadline_ms = ?5, timer_ms = ?6, attempts = attempts + ?7, \
+         detail = COALESCE(?8, detail), result = COALESCE(?9, result) WHERE id = ?1",
+    )
+    .map_err(Error::queue)?
+    .execute(params![
+        u.id.as_bytes().as_slice(),
+        u.state.as_str(),
+        u.now_ms,
+        u.redeliver_at_ms,
+        u.step_deadline_ms,
+        timer,
+        u.attempts_delta,
+        u.detail,
+        u.result.map(|v| v.to_string()),
+    ])
+    .map_err(Error::queue)?;
+    Ok(())
+}
+
+fn change(record: &CommandRecord, to: CommandState, now_ms: i64, detail: Option<String>) -> StateChange {
+    StateChange {
+        id: record.id,
+        gateway_id: record.gateway_id.clone(),
+        tenant: record.tenant.clone(),
+        from: Some(record.state),
+        to,
+        at_ms: now_ms,
+        detail,
+    }
+}
+
+impl SqliteCommandQueue {
+    /// Open (or create) the queue at `path`. Timers stored by a previous run stay armed.
+    pub fn open(path: impl AsRef<Path>, config: QueueConfig) -> Result<Self, Error> {
+        let conn = Connection::open(path).map_err(Error::queue)?;
+        Self::with_connection(conn, config)
+    }
+
+    /// A queue in memory (tests, demos): nothing survives the process.
+    pub fn open_in_memory(config: QueueConfig) -> Result<Self, Error> {
+        let conn = Connection::open_in_memory().map_err(Error::queue)?;
+        Self::with_connection(conn, config)
+    }
+
+    fn with_connection(conn: Connection, config: QueueConfig) -> Result<Self, Error> {
+        config.validate()?;
+        let sync = if config.fsync_every_write {
+            "FULL"
+        } else {
+            "NORMAL"
+        };
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode=WAL; PRAGMA synchronous={sync}; PRAGMA busy_timeout=5000;"
+        ))
+        .map_err(Error::queue)?;
+        conn.execute_batch(SCHEMA).map_err(Error::queue)?;
+        Ok(SqliteCommandQueue {
+            conn: Mutex::new(conn),
+            config,
+            limits: Limits::default(),
+        })
+    }
+
+    /// The config.
+    pub fn config(&self) -> &QueueConfig {
+        &self.config
+    }
+
+    fn with_tx<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T, Error>) -> Result<T, Error> {
+        let mut conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let tx = conn.transaction().map_err(Error::queue)?;
+        let out = f(&tx)?;
+        tx.commit().map_err(Error::queue)?;
+        Ok(out)
+    }
+
+    fn insert(&self, tx: &Transaction<'_>, command: NewCommand, now_ms: i64) -> Result<CommandRecord, Error> {
+        command.validate(&self.limits, now_ms)?;
+        let id = CommandId::new_v7();
+        let ttl = i64::try_from(self.config.default_delivery_ttl_ms).unwrap_or(i64::MAX);
+        let deadline = command
+            .delivery_deadline_ms
+            .unwrap_or(now_ms.saturating_add(ttl));
+        let timeout = command
+            .execution_timeout_ms
+            .unwrap_or(self.config.default_execution_timeout_ms)
+            .min(i64::MAX as u64 / 2);
+        tx.prepare_cached(
+            "INSERT INTO commands (id, gateway_id, tenant, kind, payload, target, priority, state, \
+             created_ms, updated_ms, delivery_deadline_ms, execution_timeout_ms, timer_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'queued', ?8, ?8, ?9, ?10, ?9)",
+        )
+        .map_err(Error::queue)?
+        .execute(params![
+            id.as_bytes().as_slice(),
+            command.gateway_id,
+            command.tenant,
+            command.kind,
+            command.payload.to_string(),
+            command.target,
+            command.priority,
+            now_ms,
+            deadline,
+            timeout as i64,
+        ])
+        .map_err(Error::queue)?;
+        Ok(CommandRecord {
+            id,
+            gateway_id: command.gateway_id,
+            tenant: command.tenant,
+            kind: command.kind,
+            payload: command.payload,
+            target: command.target,
+            priority: command.priority,
+            state: CommandState::Queued,
+            created_ms: now_ms,
+            updated_ms: now_ms,
+            delivery_deadline_ms: deadline,
+            execution_timeout_ms: timeout,
+            step_deadline_ms: None,
+            attempts: 0,
+            detail: None,
+            result: None,
+        })
+    }
+
+    fn redeliver_at(&self, now_ms: i64) -> i64 {
+        now_ms.saturating_add(self.config.redeliver_after_ms as i64)
+    }
+}
+
+impl CommandQueue for SqliteCommandQueue {
+    fn enqueue(&self, command: NewCommand, now_ms: i64) -> Result<CommandRecord, Error> {
+        self.with_tx(|tx| self.insert(tx, command, now_ms))
+    }
+
+    fn enqueue_many(&self, commands: Vec<NewCommand>, now_ms: i64) -> Result<Vec<CommandRecord>, Error> {
+        self.with_tx(|tx| {
+            commands
+                .into_iter()
+                .map(|c| self.insert(tx, c, now_ms))
+                .collect()
+        })
+    }
+
+    fn take_for_delivery(
+        &self,
+        gateway_id: &str,
+        now_ms: i64,
+        max_in_flight: usize,
+        resend: Resend,
+    ) -> Result<Delivery, Error> {
+        self.with_tx(|tx| {
+            let mut delivery = Delivery::default();
+            let unfinished = select_many(
+                tx,
+                &format!(
+                    "SELECT {COLUMNS} FROM commands WHERE gateway_id = ?1 \
+                     AND state IN ('sent', 'received', 'in_progress') ORDER BY priority DESC, seq"
+                ),
+                params![gateway_id],
+            )?;
+            if resend != Resend::Nothing {
+                for row in &unfinished {
+                    let r = &row.record;
+                    if resend == Resend::Sent && r.state != CommandState::Sent {
+                        continue;
+                    }
+                    if r.state == CommandState::Sent && now_ms >= r.delivery_deadline_ms {
+                        continue; // the sweep expires it
+                    }
+                    let redeliver_at = match r.state {
+                        CommandState::Sent => Some(self.redeliver_at(now_ms)),
+                        _ => row.redeliver_at_ms,
+                    };
+                    write(
+                        tx,
+                        Update {
+                            id: &r.id,
+                            state: r.state,
+                            now_ms,
+                            redeliver_at_ms: redeliver_at,
+                            step_deadline_ms: r.step_deadline_ms,
+                            delivery_deadline_ms: r.delivery_deadline_ms,
+                            attempts_delta: 1,
+                            detail: None,
+                            result: None,
+                        },
+                    )?;
+                    delivery.commands.push(r.to_command());
+                }
+            }
+            let room = max_in_flight.saturating_sub(unfinished.len());
+            if room == 0 {
+                return Ok(delivery);
+            }
+            let queued = select_many(
+                tx,
+                &format!(
+                    "SELECT {COLUMNS} FROM commands WHERE gateway_id = ?1 AND state = 'queued' \
+                     AND delivery_deadline_ms > ?2 ORDER BY priority DESC, seq LIMIT ?3"
+                ),
+                params![gateway_id, now_ms, room as i64],
+            )?;
+            for row in queued {
+                let r = row.record;
+                write(
+                    tx,
+                    Update {
+                        id: &r.id,
+                        state: CommandState::Sent,
+                        now_ms,
+                        redeliver_at_ms: Some(self.redeliver_at(now_ms)),
+                        step_deadline_ms: None,
+                        delivery_deadline_ms: r.delivery_deadline_ms,
+                        attempts_delta: 1,
+                        detail: None,
+                        result: None,
+                    },
+                )?;
+                delivery.commands.push(r.to_command());
+                delivery
+                    .changes
+                    .push(change(&r, CommandState::Sent, now_ms, None));
+            }
+            Ok(delivery)
+        })
+    }
+
+    fn record_ack(&self, gateway_id: &str, ack: &CommandAck, now_ms: i64) -> Result<AckOutcome, Error> {
+        self.with_tx(|tx| {
+            let row = select_one(tx, &ack.id)?.ok_or(Error::UnknownCommand { id: ack.id })?;
+            let r = row.record;
+            if r.gateway_id != gateway_id {
+                return Err(Error::WrongGateway {
+                    id: ack.id,
+                    gateway_id: gateway_id.to_owned(),
+                });
+            }
+            let reported = CommandState::from(ack.state);
+            let forward = !r.state.is_terminal() && reported.rank() > r.state.rank();
+            let progress = !r.state.is_terminal()
+                && r.state == CommandState::InProgress
+                && reported == CommandState::InProgress;
+            let applied = forward || progress;
+            tx.prepare_cached(
+                "INSERT INTO command_acks (command_id, at_ms, state, detail, result, applied) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )
+            .map_err(Error::queue)?
+            .execute(params![
+                ack.id.as_bytes().as_slice(),
+                now_ms,
+                ack.state.as_str(),
+                ack.detail,
+                ack.result.as_ref().map(|v| v.to_string()),
+                applied,
+            ])
+            .map_err(Error::queue)?;
+            if !applied {
+                return Ok(AckOutcome {
+                    state: r.state,
+                    applied: false,
+                    change: None,
+                    progress: false,
+                });
+            }
+            let step_deadline = match reported {
+                CommandState::Received | CommandState::InProgress => Some(
+                    now_ms.saturating_add(r.execution_timeout_ms.min(i64::MAX as u64 / 2) as i64),
+                ),
+                _ => None,
+            };
+            write(
+                tx,
+                Update {
+                    id: &r.id,
+                    state: reported,
+                    now_ms,
+                    redeliver_at_ms: None,
+                    step_deadline_ms: step_deadline,
+                    delivery_deadline_ms: r.delivery_deadline_ms,
+                    attempts_delta: 0,
+                    detail: ack.detail.as_deref(),
+                    result: ack.result.as_ref(),
+                },
+            )?;
+            Ok(AckOutcome {
+                state: reported,
+                applied: true,
+                change: forward.then(|| change(&r, reported, now_ms, ack.detail.clone())),
+                progress,
+            })
+        })
+    }
+
+    fn cancel(&self, id: &CommandId, force: bool, now_ms: i64) -> Result<StateChange, Error> {
+        self.with_tx(|tx| {
+            let r = select_one(tx, id)?
+                .ok_or(Error::UnknownCommand { id: *id })?
+                .record;
+            if r.state.is_terminal() {
+                return Err(Error::CommandFinished {
+                    id: *id,
+                    state: r.state,
+                });
+            }
+            if r.state != CommandState::Queued && !force {
+                return Err(Error::CancelRequiresForce {
+                    id: *id,
+                    state: r.state,
+                });
+            }
+            let detail = if r.state == CommandState::Queued {
+                "canceled before delivery".to_owned()
+            } else {
+                format!(
+                    "canceled with force while `{}`; the gateway may still run it and must recover on its own",
+                    r.state
+                )
+            };
+            write(
+                tx,
+                Update {
+                    id,
+                    state: CommandState::Canceled,
+                    now_ms,
+                    redeliver_at_ms: None,
+                    step_deadline_ms: None,
+                    delivery_deadline_ms: r.delivery_deadline_ms,
+                    attempts_delta: 0,
+                    detail: Some(&detail),
+                    result: None,
+                },
+            )?;
+            Ok(change(&r, CommandState::Canceled, now_ms, Some(detail)))
+        })
+    }
+
+    fn get(&self, id: &CommandId) -> Result<Option<CommandRecord>, Error> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(select_one(&conn, id)?.map(|row| row.record))
+    }
+
+    fn list(&self, filter: &CommandFilter) -> Result<Vec<CommandRecord>, Error> {
+        self.with_tx(|tx| {
+            let rows = select_many(
+                tx,
+                &format!(
+                    "SELECT {COLUMNS} FROM commands WHERE (?1 IS NULL OR gateway_id = ?1) \
+                     AND (?2 IS NULL OR state = ?2) ORDER BY seq DESC LIMIT ?3"
+                ),
+                params![
+                    filter.gateway_id,
+                    filter.state.map(|s| s.as_str()),
+                    filter.limit.min(i64::MAX as usize) as i64
+                ],
+            )?;
+            Ok(rows.into_iter().map(|r| r.record).collect())
+        })
+    }
+
+    fn acks(&self, id: &CommandId) -> Result<Vec<AckRecord>, Error> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT at_ms, state, detail, result, applied FROM command_acks \
+                 WHERE command_id = ?1 ORDER BY seq",
+            )
+            .map_err(Error::queue)?;
+        let rows = stmt
+            .query_map(params![id.as_bytes().as_slice()], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, Option<String>>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, bool>(4)?,
+                ))
+            })
+            .map_err(Error::queue)?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (at_ms, state, detail, result, applied) = row.map_err(Error::queue)?;
+            let state = match state.as_str() {
+                "received" => CommandAckState::Received,
+                "in_progress" => CommandAckState::InProgress,
+                "succeeded" => CommandAckState::Succeeded,
+                "failed" => CommandAckState::Failed,
+                "rejected" => CommandAckState::Rejected,
+                other => return Err(corrupt(format!("acknowledgement state `{other}`"))),
+            };
+            let result = result
+                .map(|t| serde_json::from_str(&t))
+                .transpose()
+                .map_err(|e| corrupt(format!("acknowledgement result: {e}")))?;
+            out.push(AckRecord {
+                command_id: *id,
+                at_ms,
+                state,
+                detail,
+                result,
+                applied,
+            });
+        }
+        Ok(out)
+    }
+
+    fn sweep(&self, now_ms: i64) -> Result<Sweep, Error> {
+        self.with_tx(|tx| {
+            let due = select_many(
+                tx,
+                &format!("SELECT {COLUMNS} FROM commands WHERE timer_ms IS NOT NULL AND timer_ms <= ?1 ORDER BY timer_ms"),
+                params![now_ms],
+            )?;
+            let mut sweep = Sweep::default();
+            for row in due {
+                let r = &row.record;
+                let (to, detail) = match r.state {
+                    CommandState::Queued | CommandState::Sent if now_ms >= r.delivery_deadline_ms => (
+                        CommandState::Expired,
+                        format!("not received before its delivery deadline ({})", r.delivery_deadline_ms),
+                    ),
+                    CommandState::Sent => {
+                        // Redelivery due.
+                        let next = self.redeliver_at(now_ms);
+                        write(
+                            tx,
+                            Update {
+                                id: &r.id,
+                                state: CommandState::Sent,
+                                now_ms,
+                                redeliver_at_ms: Some(next),
+                                step_deadline_ms: None,
+                                delivery_deadline_ms: r.delivery_deadline_ms,
+                                attempts_delta: 1,
+                                detail: None,
+                                result: None,
+                            },
+                        )?;
+                        sweep.redeliver.push(row.record);
+                        continue;
+                    }
+                    CommandState::Received | CommandState::InProgress => (
+                        CommandState::TimedOut,
+                        format!(
+                            "no outcome within its execution timeout of {} ms",
+                            r.execution_timeout_ms
+                        ),
+                    ),
+                    // Queued before its deadline (timer moved by a clock change) or terminal:
+                    // nothing to fire; re-arm the right timer.
+                    _ => {
+                        write(
+                            tx,
+                            Update {
+                                id: &r.id,
+                                state: r.state,
+                                now_ms: r.updated_ms,
+                                redeliver_at_ms: row.redeliver_at_ms,
+                                step_deadline_ms: r.step_deadline_ms,
+                                delivery_deadline_ms: r.delivery_deadline_ms,
+                                attempts_delta: 0,
+                                detail: None,
+                                result: None,
+                            },
+                        )?;
+                        continue;
+                    }
+                };
+                write(
+                    tx,
+                    Update {
+                        id: &r.id,
+                        state: to,
+                        now_ms,
+                        redeliver_at_ms: None,
+                        step_deadline_ms: None,
+                        delivery_deadline_ms: r.delivery_deadline_ms,
+                        attempts_delta: 0,
+                        detail: Some(&detail),
+                        result: None,
+                    },
+                )?;
+                sweep.changes.push(change(r, to, now_ms, Some(detail)));
+            }
+            Ok(sweep)
+        })
+    }
+
+    fn next_timer_ms(&self) -> Result<Option<i64>, Error> {
+        let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        conn.prepare_cached("SELECT MIN(timer_ms) FROM commands WHERE timer_ms IS NOT NULL")
+            .map_err(Error::queue)?
+            .query_row([], |r| r.get(0))
+            .map_err(Error::queue)
+    }
+}
