@@ -424,6 +424,15 @@ impl Simulator {
         self.state.faults().drop_next += count;
     }
 
+    /// Forget every queued fault (error answers, raw answers, drops) and the latency.
+    pub fn clear_faults(&self) {
+        let mut faults = self.state.faults();
+        faults.latency = Duration::ZERO;
+        faults.fail_next.clear();
+        faults.raw_next.clear();
+        faults.drop_next = 0;
+    }
+
     /// Make every nonce issued so far stale: the next answer to each gets `stale="TRUE"`.
     pub fn expire_nonces(&self) {
         self.state.expire_nonces();
