@@ -149,9 +149,17 @@ mod tests {
         for _ in 0..10 {
             b.next_delay();
         }
-        let draws: Vec<u64> = (0..200).map(|_| b.next_delay().as_millis() as u64).collect();
-        assert!(draws.iter().any(|d| *d < 250), "no small delay in {draws:?}");
-        assert!(draws.iter().any(|d| *d > 750), "no large delay in {draws:?}");
+        let draws: Vec<u64> = (0..200)
+            .map(|_| b.next_delay().as_millis() as u64)
+            .collect();
+        assert!(
+            draws.iter().any(|d| *d < 250),
+            "no small delay in {draws:?}"
+        );
+        assert!(
+            draws.iter().any(|d| *d > 750),
+            "no large delay in {draws:?}"
+        );
     }
 
     #[test]

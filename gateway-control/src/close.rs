@@ -35,7 +35,10 @@ impl fmt::Display for CloseReason {
             CloseReason::ConnectionLost => f.write_str("connection lost"),
             CloseReason::HandshakeTimeout => f.write_str("handshake timed out"),
             CloseReason::LinkDead { missed_acks } => {
-                write!(f, "link dead: {missed_acks} heartbeat intervals without an ack")
+                write!(
+                    f,
+                    "link dead: {missed_acks} heartbeat intervals without an ack"
+                )
             }
             CloseReason::Silent => f.write_str("gateway silent for 1.5 heartbeat intervals"),
             CloseReason::IdentityMismatch => f.write_str("hello names another gateway"),

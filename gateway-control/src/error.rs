@@ -20,7 +20,9 @@ pub enum Error {
         reason: String,
     },
     /// A SQLite database (command journal, command queue, event log) failed.
-    #[error("{what} storage failed: {source} (check that the file is writable and the disk is not full)")]
+    #[error(
+        "{what} storage failed: {source} (check that the file is writable and the disk is not full)"
+    )]
     Storage {
         /// Which store failed (`command journal`, `command queue`, `event log`).
         what: &'static str,
@@ -40,7 +42,9 @@ pub enum Error {
     #[error(transparent)]
     Proto(#[from] gateway_proto::Error),
     /// The outbox is full: the frame was not queued. Retry once the control channel is back.
-    #[error("the outbox is full ({capacity} frames wait for the connection); the frame was dropped")]
+    #[error(
+        "the outbox is full ({capacity} frames wait for the connection); the frame was dropped"
+    )]
     OutboxFull {
         /// The configured capacity (`outbox_capacity`).
         capacity: usize,
@@ -142,9 +146,7 @@ impl Error {
             Error::CommandFinished { .. } | Error::CancelRequiresForce { .. } => {
                 ErrorCode::Conflict
             }
-            Error::InvalidRequest { .. } | Error::InvalidConfig { .. } => {
-                ErrorCode::InvalidRequest
-            }
+            Error::InvalidRequest { .. } | Error::InvalidConfig { .. } => ErrorCode::InvalidRequest,
             Error::FrameNotAllowed { .. } | Error::NotEstablished { .. } => {
                 ErrorCode::UnexpectedFrame
             }
@@ -200,7 +202,11 @@ mod tests {
         assert_eq!(err.code(), ErrorCode::Conflict);
         let body = err.to_body();
         assert_eq!(body.http_status(), 409);
-        assert!(body.error.message.contains("force=true"), "{}", body.error.message);
+        assert!(
+            body.error.message.contains("force=true"),
+            "{}",
+            body.error.message
+        );
         assert_eq!(Error::UnknownCommand { id }.code().http_status(), 404);
     }
 }

@@ -113,7 +113,9 @@ impl fmt::Display for CommandState {
 
 /// The text was not a command state.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{0}` is not a command state (queued, sent, received, in_progress, succeeded, failed, rejected, expired, timed_out, canceled)")]
+#[error(
+    "`{0}` is not a command state (queued, sent, received, in_progress, succeeded, failed, rejected, expired, timed_out, canceled)"
+)]
 pub struct UnknownState(pub String);
 
 impl FromStr for CommandState {
@@ -140,7 +142,10 @@ mod tests {
         }
         assert!(CommandState::Queued.rank() < CommandState::Sent.rank());
         assert!(CommandState::Received.rank() < CommandState::InProgress.rank());
-        let terminal: Vec<_> = CommandState::ALL.iter().filter(|s| s.is_terminal()).collect();
+        let terminal: Vec<_> = CommandState::ALL
+            .iter()
+            .filter(|s| s.is_terminal())
+            .collect();
         assert_eq!(terminal.len(), 6, "{terminal:?}");
         assert!(!CommandState::InProgress.is_terminal());
     }

@@ -20,7 +20,9 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{Connector, MaybeTlsStream, WebSocketStream};
 
 use super::journal::{CommandJournal, Outcome};
-use super::session::{ConnectionState, GatewayEvent, GatewaySession, GatewaySessionConfig, Transmit};
+use super::session::{
+    ConnectionState, GatewayEvent, GatewaySession, GatewaySessionConfig, Transmit,
+};
 use crate::Error;
 
 /// The encoding of control frames, chosen with the WebSocket subprotocol.
@@ -107,21 +109,26 @@ pub fn default_tls_config() -> Result<Arc<rustls::ClientConfig>, Error> {
     let roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
-    let config =
-        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| Error::InvalidConfig {
-                param: "tls",
-                reason: e.to_string(),
-            })?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| Error::InvalidConfig {
+        param: "tls",
+        reason: e.to_string(),
+    })?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     Ok(Arc::new(config))
 }
 
 enum Request {
     Outcome(CommandId, Outcome, oneshot::Sender<Result<(), Error>>),
-    Progress(CommandId, Option<String>, oneshot::Sender<Result<(), Error>>),
+    Progress(
+        CommandId,
+        Option<String>,
+        oneshot::Sender<Result<(), Error>>,
+    ),
     Send(Box<ControlFrame>, oneshot::Sender<Result<(), Error>>),
     Status(Box<StatusSnapshot>),
     Policies(Vec<AppliedPolicy>),
@@ -159,7 +166,11 @@ impl GatewayHandle {
     }
 
     /// Report progress of a running command.
-    pub async fn report_progress(&self, id: CommandId, detail: Option<String>) -> Result<(), Error> {
+    pub async fn report_progress(
+        &self,
+        id: CommandId,
+        detail: Option<String>,
+    ) -> Result<(), Error> {
         self.ask(|tx| Request::Progress(id, detail, tx)).await
     }
 
@@ -370,7 +381,10 @@ impl Driver {
         }
     }
 
-    fn on_message(&mut self, message: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>) {
+    fn on_message(
+        &mut self,
+        message: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+    ) {
         let bytes = match message {
             Some(Ok(Message::Text(text))) => text.as_bytes().to_vec(),
             Some(Ok(Message::Binary(bytes))) => bytes.to_vec(),

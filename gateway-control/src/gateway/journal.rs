@@ -258,10 +258,12 @@ fn parse_outcome(
         return Ok(None);
     };
     let result = match result {
-        Some(text) => Some(serde_json::from_str(&text).map_err(|e| Error::CorruptStore {
-            what: "command journal",
-            reason: format!("a stored result is not JSON: {e}"),
-        })?),
+        Some(text) => Some(
+            serde_json::from_str(&text).map_err(|e| Error::CorruptStore {
+                what: "command journal",
+                reason: format!("a stored result is not JSON: {e}"),
+            })?,
+        ),
         None => None,
     };
     Ok(Some(Outcome {
@@ -382,10 +384,11 @@ impl CommandJournal for SqliteJournal {
         for row in rows {
             let (id, state, detail, result) = row.map_err(Error::journal)?;
             let id = parse_id(id)?;
-            let outcome = parse_outcome(&state, detail, result)?.ok_or_else(|| Error::CorruptStore {
-                what: "command journal",
-                reason: format!("pending acknowledgement of {id} has no outcome (`{state}`)"),
-            })?;
+            let outcome =
+                parse_outcome(&state, detail, result)?.ok_or_else(|| Error::CorruptStore {
+                    what: "command journal",
+                    reason: format!("pending acknowledgement of {id} has no outcome (`{state}`)"),
+                })?;
             pending.push((id, outcome));
         }
         Ok(pending)
@@ -557,13 +560,20 @@ mod tests {
         assert_eq!(journal.last_command_id().unwrap(), Some(b));
 
         let done = Outcome::succeeded().with_result(serde_json::json!({"n": 1}));
-        journal.record_outcome(&b, &Outcome::failed("door jammed")).unwrap();
+        journal
+            .record_outcome(&b, &Outcome::failed("door jammed"))
+            .unwrap();
         journal.record_outcome(&a, &done).unwrap();
         // A second outcome for the same id changes nothing.
-        journal.record_outcome(&a, &Outcome::failed("late")).unwrap();
+        journal
+            .record_outcome(&a, &Outcome::failed("late"))
+            .unwrap();
         let pending = journal.pending_acks().unwrap();
         assert_eq!(pending.len(), 2);
-        assert_eq!(pending[0].0, b, "pending acks keep the order outcomes came in");
+        assert_eq!(
+            pending[0].0, b,
+            "pending acks keep the order outcomes came in"
+        );
         assert_eq!(pending[1], (a, done.clone()));
         journal.mark_ack_sent(&b).unwrap();
         assert_eq!(journal.pending_acks().unwrap(), vec![(a, done.clone())]);
@@ -617,7 +627,11 @@ mod tests {
             journal.mark_ack_sent(id).unwrap();
         }
         journal.prune().unwrap();
-        assert_eq!(journal.get(&ids[0]).unwrap(), None, "old acknowledged entry pruned");
+        assert_eq!(
+            journal.get(&ids[0]).unwrap(),
+            None,
+            "old acknowledged entry pruned"
+        );
         for id in &ids[3..] {
             assert!(journal.get(id).unwrap().is_some(), "pending entry kept");
         }

@@ -32,7 +32,8 @@ impl Ledger {
     pub(crate) fn recover(&mut self) -> Result<Vec<CommandId>, Error> {
         let running = self.journal.running()?;
         for id in &running {
-            self.journal.record_outcome(id, &Outcome::failed(INTERRUPTED))?;
+            self.journal
+                .record_outcome(id, &Outcome::failed(INTERRUPTED))?;
         }
         Ok(running)
     }
@@ -91,7 +92,11 @@ impl Ledger {
         }
     }
 
-    pub(crate) fn progress(&mut self, id: CommandId, detail: Option<String>) -> Result<CommandAck, Error> {
+    pub(crate) fn progress(
+        &mut self,
+        id: CommandId,
+        detail: Option<String>,
+    ) -> Result<CommandAck, Error> {
         self.running(&id)?;
         self.journal.record_progress(&id)?;
         Ok(CommandAck {
@@ -102,7 +107,11 @@ impl Ledger {
         })
     }
 
-    pub(crate) fn outcome(&mut self, id: CommandId, outcome: &Outcome) -> Result<CommandAck, Error> {
+    pub(crate) fn outcome(
+        &mut self,
+        id: CommandId,
+        outcome: &Outcome,
+    ) -> Result<CommandAck, Error> {
         self.running(&id)?;
         self.journal.record_outcome(&id, outcome)?;
         Ok(ack_of(id, outcome))

@@ -14,7 +14,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gateway_proto::{Command, CommandAck, CommandAckState, CommandId, ErrorBody, ErrorCode, Heartbeat, StatusSnapshot};
+use gateway_proto::{
+    Command, CommandAck, CommandAckState, CommandId, ErrorBody, ErrorCode, Heartbeat,
+    StatusSnapshot,
+};
 use serde::{Deserialize, Serialize};
 
 use super::journal::{CommandJournal, Outcome};
@@ -136,7 +139,10 @@ impl RestFallbackClient {
 
     /// `POST /v1/gateways/{id}/heartbeat`.
     pub async fn heartbeat(&self, heartbeat: &Heartbeat) -> Result<RestHeartbeatAck, Error> {
-        let url = format!("{}/v1/gateways/{}/heartbeat", self.base_url, self.gateway_id);
+        let url = format!(
+            "{}/v1/gateways/{}/heartbeat",
+            self.base_url, self.gateway_id
+        );
         self.call(self.http.post(&url).json(heartbeat), &url).await
     }
 
@@ -244,7 +250,11 @@ impl RestPoller {
     }
 
     /// Report progress of a running command.
-    pub async fn report_progress(&mut self, id: CommandId, detail: Option<String>) -> Result<(), Error> {
+    pub async fn report_progress(
+        &mut self,
+        id: CommandId,
+        detail: Option<String>,
+    ) -> Result<(), Error> {
         let ack = self.ledger.progress(id, detail)?;
         self.client.ack(&ack).await.map(|_| ())
     }

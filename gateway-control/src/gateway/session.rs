@@ -433,7 +433,13 @@ impl GatewaySession {
                     && now >= since + dead_after
                 {
                     metrics::counter!("gateway_control_gateway_link_dead_total").increment(1);
-                    self.go_down(now, CloseReason::LinkDead { missed_acks: missed }, true);
+                    self.go_down(
+                        now,
+                        CloseReason::LinkDead {
+                            missed_acks: missed,
+                        },
+                        true,
+                    );
                     return;
                 }
                 if now >= link.next_heartbeat_at {
@@ -519,7 +525,8 @@ impl GatewaySession {
     pub fn close(&mut self) {
         if !matches!(self.state, State::Stopped) {
             self.state = State::Stopped;
-            self.transmits.push_back(Transmit::Close(CloseReason::Requested));
+            self.transmits
+                .push_back(Transmit::Close(CloseReason::Requested));
         }
     }
 
@@ -555,7 +562,10 @@ impl GatewaySession {
             }
             State::Established(link) => {
                 let dead = link.unacked_since.map(|since| {
-                    since + link.interval.saturating_mul(self.config.missed_acks_before_dead)
+                    since
+                        + link
+                            .interval
+                            .saturating_mul(self.config.missed_acks_before_dead)
                 });
                 Some(match dead {
                     Some(dead) => dead.min(link.next_heartbeat_at),
@@ -640,7 +650,10 @@ impl GatewaySession {
     }
 
     fn transmit_or_drop(&mut self, frame: ControlFrame) {
-        if matches!(self.state, State::Handshaking { .. } | State::Established(_)) {
+        if matches!(
+            self.state,
+            State::Handshaking { .. } | State::Established(_)
+        ) {
             self.transmits.push_back(Transmit::Frame(frame));
         }
     }

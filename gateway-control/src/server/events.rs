@@ -139,7 +139,9 @@ impl EventLog {
         let mut history = VecDeque::new();
         {
             let mut stmt = conn
-                .prepare("SELECT id, kind, at_ms, tenant, data FROM events ORDER BY id DESC LIMIT ?1")
+                .prepare(
+                    "SELECT id, kind, at_ms, tenant, data FROM events ORDER BY id DESC LIMIT ?1",
+                )
                 .map_err(Error::event_log)?;
             let rows = stmt
                 .query_map(params![config.history as i64], |r| {
@@ -200,11 +202,7 @@ impl EventLog {
     /// Publish an event; returns its id. Persisting failures are logged, never returned: the
     /// event still reaches live subscribers.
     pub fn publish(&self, kind: &str, tenant: Option<&str>, data: serde_json::Value) -> u64 {
-        let mut state = self
-            .inner
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let mut state = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
         let event = Arc::new(LoggedEvent {
             id: state.next_id,
             kind: kind.to_owned(),
@@ -254,11 +252,7 @@ impl EventLog {
 
     /// Subscribe to events after `after` (`None`: only new ones).
     pub fn subscribe(&self, after: Option<u64>) -> Subscription {
-        let state = self
-            .inner
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let state = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
         let live = self.inner.live.subscribe();
         let (backlog, truncated) = match after {
             None => (Vec::new(), false),
@@ -284,11 +278,7 @@ impl EventLog {
 
     /// Retained events after `after`, at most `limit`, oldest first.
     pub fn since(&self, after: u64, limit: usize) -> Vec<Arc<LoggedEvent>> {
-        let state = self
-            .inner
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let state = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
         state
             .history
             .iter()
@@ -300,11 +290,7 @@ impl EventLog {
 
     /// The id of the last published event (0 when none).
     pub fn last_id(&self) -> u64 {
-        let state = self
-            .inner
-            .state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
+        let state = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
         state.next_id - 1
     }
 

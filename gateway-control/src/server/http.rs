@@ -63,7 +63,12 @@ pub fn authenticate(headers: &HeaderMap, auth: &dyn Authenticator) -> Result<Pri
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(bearer_token)
-        .ok_or_else(|| ApiError::new(ErrorCode::Unauthorized, "send Authorization: Bearer <token>"))?;
+        .ok_or_else(|| {
+            ApiError::new(
+                ErrorCode::Unauthorized,
+                "send Authorization: Bearer <token>",
+            )
+        })?;
     auth.authenticate(token)
         .ok_or_else(|| ApiError::new(ErrorCode::Forbidden, "the token is not valid"))
 }
@@ -74,7 +79,10 @@ fn require_role(principal: &Principal, role: Role) -> Result<(), ApiError> {
     } else {
         Err(ApiError::new(
             ErrorCode::Forbidden,
-            format!("this endpoint needs a {role} token, not a {} one", principal.role),
+            format!(
+                "this endpoint needs a {role} token, not a {} one",
+                principal.role
+            ),
         ))
     }
 }
@@ -186,7 +194,8 @@ async fn rest_heartbeat(
     require_gateway(&principal, &gateway_id)?;
     let heartbeat: Heartbeat = json_body(&body)?;
     let interval = hub.config().session.heartbeat_interval_ms;
-    hub.plane().rest_heartbeat(&principal, heartbeat.status, interval);
+    hub.plane()
+        .rest_heartbeat(&principal, heartbeat.status, interval);
     let ack = HeartbeatAck {
         seq: heartbeat.seq,
         server_time_ms: hub.plane().now_ms(),
@@ -376,7 +385,10 @@ async fn op_gateway(
         .presence(&gateway_id)
         .filter(|g| g.tenant == principal.tenant)
         .ok_or_else(|| {
-            ApiError::new(ErrorCode::NotFound, format!("gateway `{gateway_id}` is not known"))
+            ApiError::new(
+                ErrorCode::NotFound,
+                format!("gateway `{gateway_id}` is not known"),
+            )
         })?;
     Ok(Json(json!({"gateway": presence})))
 }
@@ -419,7 +431,10 @@ async fn sse_events(
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok())
                 .ok_or_else(|| {
-                    ApiError::new(ErrorCode::InvalidRequest, "Last-Event-ID must be an event id")
+                    ApiError::new(
+                        ErrorCode::InvalidRequest,
+                        "Last-Event-ID must be an event id",
+                    )
                 })?,
         ),
         None => query.after,

@@ -9,17 +9,19 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use gateway_proto::auth::{Authenticator, Principal};
 use gateway_proto::clock::Clock;
 use gateway_proto::{
-    Command, CommandId, ControlFrame, Encoding, ErrorFrame, Hello, Limits, SessionId,
-    WireMessage, decode_frame,
+    CommandId, ControlFrame, Encoding, Hello, Limits, SessionId, WireMessage, decode_frame,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast, mpsc};
 
+use super::connection::{ConnectionEvent, ServerConnection};
 use super::events::EventLog;
 use super::plane::ControlPlane;
 use super::presence::GatewayPresence;
-use super::queue::{AckRecord, CommandFilter, CommandQueue, CommandRecord, NewCommand, StateChange};
-use super::session::{ServerEvent, ServerSession, ServerSessionConfig, ServerTransmit};
+use super::queue::{
+    AckRecord, CommandFilter, CommandQueue, CommandRecord, NewCommand, StateChange,
+};
+use super::session::{ServerSession, ServerSessionConfig, ServerTransmit};
 use crate::{CloseReason, Error};
 
 /// Settings of a [`Hub`].
@@ -61,7 +63,10 @@ impl HubConfig {
     pub fn validate(&self) -> Result<(), Error> {
         self.session.validate()?;
         for (param, value) in [
-            ("max_in_flight_per_gateway", self.max_in_flight_per_gateway as u64),
+            (
+                "max_in_flight_per_gateway",
+                self.max_in_flight_per_gateway as u64,
+            ),
             ("ws_read_buffer_bytes", self.ws_read_buffer_bytes as u64),
             ("hub_event_capacity", self.hub_event_capacity as u64),
             ("max_timer_sleep_ms", self.max_timer_sleep_ms),
@@ -376,8 +381,15 @@ impl Hub {
     }
 
     /// Serve one upgraded WebSocket of an authenticated gateway until it closes.
-    pub(crate) async fn run_connection(self, socket: WebSocket, principal: Principal, encoding: Encoding) {
-        Connection::new(self, socket, principal, encoding).run().await;
+    pub(crate) async fn run_connection(
+        self,
+        socket: WebSocket,
+        principal: Principal,
+        encoding: Encoding,
+    ) {
+        Connection::new(self, socket, principal, encoding)
+            .run()
+            .await;
     }
 
     fn register(&self, gateway_id: &str, conn: Conn) {
@@ -397,15 +409,14 @@ impl Hub {
     }
 }
 
-/// One WebSocket connection: a [`ServerSession`] and the socket.
+/// One WebSocket connection: a [`ServerConnection`] and the socket.
 struct Connection {
     hub: Hub,
     socket: WebSocket,
-    session: ServerSession,
+    conn: ServerConnection,
     encoding: Encoding,
     tx: mpsc::UnboundedSender<ConnMsg>,
     rx: mpsc::UnboundedReceiver<ConnMsg>,
-    epoch: Option<u64>,
 }
 
 impl Connection {
@@ -421,11 +432,10 @@ impl Connection {
         Connection {
             hub,
             socket,
-            session,
+            conn: ServerConnection::new(session),
             encoding,
             tx,
             rx,
-            epoch: None,
         }
     }
 
@@ -434,11 +444,11 @@ impl Connection {
         loop {
             self.flush().await;
             self.handle_events();
-            if self.session.is_closed() {
+            if self.conn.session().is_closed() {
                 self.flush().await;
                 break;
             }
-            let deadline = self.session.poll_timeout();
+            let deadline = self.conn.session().poll_timeout();
             let sleep = async {
                 match deadline {
                     Some(at) => tokio::time::sleep_until(at.into()).await,
@@ -448,32 +458,37 @@ impl Connection {
             tokio::select! {
                 message = self.socket.recv() => self.on_message(message),
                 Some(msg) = self.rx.recv() => self.on_hub_message(msg),
-                () = sleep => self.session.handle_timeout(now()),
+                () = sleep => self.conn.session_mut().handle_timeout(now()),
             }
         }
         self.handle_events();
     }
 
     async fn flush(&mut self) {
-        while let Some(transmit) = self.session.poll_transmit() {
+        while let Some(transmit) = self.conn.session_mut().poll_transmit() {
             match transmit {
                 ServerTransmit::Frame(frame) => {
                     let message = encode(&frame, self.encoding);
                     if self.socket.send(message).await.is_err() {
-                        self.session.disconnected(now());
+                        self.conn.disconnected(now());
                     } else {
                         metrics::counter!("gateway_control_server_frames_sent_total").increment(1);
                     }
                 }
                 ServerTransmit::Close(reason) => {
                     let code = match reason {
-                        CloseReason::IdentityMismatch => 1008, // policy violation
+                        CloseReason::IdentityMismatch => 1008,   // policy violation
                         CloseReason::UnsupportedVersion => 1002, // protocol error
                         _ => 1000,
                     };
                     let frame = CloseFrame {
                         code,
-                        reason: reason.to_string().chars().take(100).collect::<String>().into(),
+                        reason: reason
+                            .to_string()
+                            .chars()
+                            .take(100)
+                            .collect::<String>()
+                            .into(),
                     };
                     let _ = self.socket.send(Message::Close(Some(frame))).await;
                 }
@@ -481,90 +496,51 @@ impl Connection {
         }
     }
 
-    fn send_commands(&mut self, commands: Vec<Command>) {
-        for command in commands {
-            if let Err(e) = self.session.send(ControlFrame::Command(command)) {
-                tracing::debug!(error = %e, "command not sent; it stays unconfirmed and is redelivered");
-            }
-        }
-    }
-
-    fn reply_error(&mut self, error: &Error) {
-        let frame = ControlFrame::Error(ErrorFrame::new(error.code(), error.to_string()));
-        let _ = self.session.send(frame);
-    }
-
     fn handle_events(&mut self) {
         let hub = self.hub.clone();
-        let plane = hub.plane();
-        while let Some(event) = self.session.poll_event() {
-            let gateway_id = self.session.gateway_id().to_owned();
-            match event {
-                ServerEvent::Established {
-                    hello, session_id, ..
+        let interval = hub.inner.config.session.heartbeat_interval_ms;
+        let gateway_id = self.conn.session().gateway_id().to_owned();
+        let session_id = self.conn.session().session_id();
+        for event in self.conn.drive(hub.plane(), interval) {
+            let hub_event = match event {
+                ConnectionEvent::Established {
+                    session_id,
+                    epoch,
+                    hello,
                 } => {
-                    let interval = self.hub.inner.config.session.heartbeat_interval_ms;
-                    match plane.session_started(self.session.principal(), &hello, session_id, interval) {
-                        Ok((epoch, commands)) => {
-                            self.epoch = Some(epoch);
-                            self.hub.register(
-                                &gateway_id,
-                                Conn {
-                                    epoch,
-                                    session_id,
-                                    tx: self.tx.clone(),
-                                },
-                            );
-                            let _ = self.hub.inner.hub_events.send(HubEvent::SessionEstablished {
-                                gateway_id: gateway_id.clone(),
-                                tenant: self.session.principal().tenant.clone(),
-                                session_id,
-                                epoch,
-                                hello: Arc::from(hello),
-                            });
-                            self.send_commands(commands);
-                        }
-                        Err(e) => {
-                            tracing::error!(gateway = %gateway_id, error = %e, "could not start a session");
-                            self.reply_error(&e);
-                            self.session.close(CloseReason::ProtocolError(e.to_string()));
-                        }
-                    }
-                }
-                ServerEvent::Heartbeat { status, .. } => {
-                    if let Some(epoch) = self.epoch {
-                        plane.seen(&gateway_id, epoch, Some(*status));
-                    }
-                }
-                ServerEvent::CommandAck(ack) => {
-                    if let Some(epoch) = self.epoch {
-                        plane.seen(&gateway_id, epoch, None);
-                    }
-                    match plane.command_ack(&gateway_id, &ack) {
-                        Ok((_, next)) => self.send_commands(next),
-                        Err(e) => self.reply_error(&e),
-                    }
-                }
-                ServerEvent::Frame(frame) => {
-                    let _ = self.hub.inner.hub_events.send(HubEvent::Frame {
-                        gateway_id,
-                        session_id: self.session.session_id(),
-                        frame: Arc::new(frame),
-                    });
-                }
-                ServerEvent::Closed { reason, .. } => {
-                    if let Some(epoch) = self.epoch {
-                        plane.session_ended(&gateway_id, epoch, &reason.to_string());
-                        self.hub.unregister(&gateway_id, epoch);
-                        let _ = self.hub.inner.hub_events.send(HubEvent::SessionClosed {
-                            gateway_id,
-                            session_id: self.session.session_id(),
+                    hub.register(
+                        &gateway_id,
+                        Conn {
                             epoch,
-                            reason,
-                        });
+                            session_id,
+                            tx: self.tx.clone(),
+                        },
+                    );
+                    HubEvent::SessionEstablished {
+                        gateway_id: gateway_id.clone(),
+                        tenant: self.conn.session().principal().tenant.clone(),
+                        session_id,
+                        epoch,
+                        hello,
                     }
                 }
-            }
+                ConnectionEvent::Frame(frame) => HubEvent::Frame {
+                    gateway_id: gateway_id.clone(),
+                    session_id,
+                    frame: Arc::new(frame),
+                },
+                ConnectionEvent::Closed { epoch, reason } => {
+                    let Some(epoch) = epoch else { continue };
+                    hub.unregister(&gateway_id, epoch);
+                    HubEvent::SessionClosed {
+                        gateway_id: gateway_id.clone(),
+                        session_id,
+                        epoch,
+                        reason,
+                    }
+                }
+            };
+            let _ = hub.inner.hub_events.send(hub_event);
         }
     }
 
@@ -575,16 +551,17 @@ impl Connection {
             Some(Ok(Message::Binary(bytes))) => bytes,
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => return,
             Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
-                self.session.disconnected(at);
+                self.conn.disconnected(at);
                 return;
             }
         };
         metrics::counter!("gateway_control_server_frames_received_total").increment(1);
+        let session = self.conn.session_mut();
         match decode_frame(&bytes, self.encoding, &self.hub.inner.config.limits) {
-            Ok(frame) => self.session.handle_frame(at, frame),
+            Ok(frame) => session.handle_frame(at, frame),
             Err(e) => {
                 metrics::counter!("gateway_control_server_bad_frames_total").increment(1);
-                self.session.handle_decode_error(at, &e);
+                session.handle_decode_error(at, &e);
             }
         }
     }
@@ -592,19 +569,15 @@ impl Connection {
     fn on_hub_message(&mut self, msg: ConnMsg) {
         match msg {
             ConnMsg::Deliver => {
-                if self.session.is_established() {
-                    match self.hub.inner.plane.deliverable(self.session.gateway_id()) {
-                        Ok(commands) => self.send_commands(commands),
-                        Err(e) => tracing::error!(error = %e, "could not take commands for delivery"),
-                    }
-                }
+                let hub = self.hub.clone();
+                self.conn.deliver(hub.plane());
             }
             ConnMsg::Frame(frame) => {
-                if let Err(e) = self.session.send(*frame) {
+                if let Err(e) = self.conn.session_mut().send(*frame) {
                     tracing::debug!(error = %e, "frame for a closing session dropped");
                 }
             }
-            ConnMsg::Close(reason) => self.session.close(reason),
+            ConnMsg::Close(reason) => self.conn.session_mut().close(reason),
         }
     }
 }

@@ -2,6 +2,7 @@
 //! [`queue`], [`presence`], the [`events`] log, the [`ControlPlane`] tying them together, and
 //! the tokio/axum [`Hub`].
 
+mod connection;
 pub mod events;
 mod http;
 mod hub;
@@ -10,6 +11,7 @@ pub mod presence;
 pub mod queue;
 mod session;
 
+pub use connection::{ConnectionEvent, ServerConnection};
 pub use events::{EventLog, EventLogConfig, LoggedEvent, Subscription};
 pub use http::{ApiError, authenticate, event_routes, event_stream};
 pub use hub::{Hub, HubConfig, HubEvent};

@@ -101,7 +101,8 @@ impl ControlPlane {
         };
         let data = serde_json::to_value(change).unwrap_or(serde_json::Value::Null);
         self.events.publish(kind, Some(&change.tenant), data);
-        metrics::gauge!("gateway_control_gateways_online").set(self.presence_lock().online_count() as f64);
+        metrics::gauge!("gateway_control_gateways_online")
+            .set(self.presence_lock().online_count() as f64);
     }
 
     fn publish_delivery(&self, changes: &[StateChange]) {
@@ -123,7 +124,8 @@ impl ControlPlane {
     /// Store many commands in one transaction.
     pub fn enqueue_many(&self, commands: Vec<NewCommand>) -> Result<Vec<CommandRecord>, Error> {
         let records = self.queue.enqueue_many(commands, self.now_ms())?;
-        metrics::counter!("gateway_control_commands_enqueued_total").increment(records.len() as u64);
+        metrics::counter!("gateway_control_commands_enqueued_total")
+            .increment(records.len() as u64);
         for record in &records {
             self.publish_change(&created(record));
         }
@@ -179,9 +181,12 @@ impl ControlPlane {
         if let Some(change) = change {
             self.publish_presence(&change);
         }
-        let delivery =
-            self.queue
-                .take_for_delivery(&hello.gateway_id, now, self.max_in_flight, Resend::Unfinished)?;
+        let delivery = self.queue.take_for_delivery(
+            &hello.gateway_id,
+            now,
+            self.max_in_flight,
+            Resend::Unfinished,
+        )?;
         self.publish_delivery(&delivery.changes);
         Ok((epoch, delivery.commands))
     }
@@ -194,9 +199,12 @@ impl ControlPlane {
 
     /// Queued commands that fit the in-flight window now (moved to `sent`).
     pub fn deliverable(&self, gateway_id: &str) -> Result<Vec<Command>, Error> {
-        let delivery =
-            self.queue
-                .take_for_delivery(gateway_id, self.now_ms(), self.max_in_flight, Resend::Nothing)?;
+        let delivery = self.queue.take_for_delivery(
+            gateway_id,
+            self.now_ms(),
+            self.max_in_flight,
+            Resend::Nothing,
+        )?;
         self.publish_delivery(&delivery.changes);
         Ok(delivery.commands)
     }
@@ -242,7 +250,9 @@ impl ControlPlane {
     /// Session `epoch` ended; the gateway goes offline unless a newer session took over.
     pub fn session_ended(&self, gateway_id: &str, epoch: u64, reason: &str) {
         let now = self.now_ms();
-        let change = self.presence_lock().session_ended(gateway_id, epoch, reason, now);
+        let change = self
+            .presence_lock()
+            .session_ended(gateway_id, epoch, reason, now);
         if let Some(change) = change {
             self.publish_presence(&change);
         }
@@ -272,9 +282,12 @@ impl ControlPlane {
 
     /// Commands for a REST poll: unconfirmed `sent` ones again, then deliverable queued ones.
     pub fn rest_fetch(&self, gateway_id: &str) -> Result<Vec<Command>, Error> {
-        let delivery =
-            self.queue
-                .take_for_delivery(gateway_id, self.now_ms(), self.max_in_flight, Resend::Sent)?;
+        let delivery = self.queue.take_for_delivery(
+            gateway_id,
+            self.now_ms(),
+            self.max_in_flight,
+            Resend::Sent,
+        )?;
         self.publish_delivery(&delivery.changes);
         Ok(delivery.commands)
     }

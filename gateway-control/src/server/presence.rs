@@ -295,7 +295,11 @@ impl Presence {
         self.gateways
             .values()
             .filter(|p| p.online)
-            .map(|p| p.last_seen_ms.saturating_add(self.silence_limit_ms(p)).saturating_add(1))
+            .map(|p| {
+                p.last_seen_ms
+                    .saturating_add(self.silence_limit_ms(p))
+                    .saturating_add(1)
+            })
             .min()
     }
 
@@ -337,9 +341,11 @@ mod tests {
     #[test]
     fn a_late_disconnect_of_an_old_session_does_not_mark_a_reconnected_gateway_offline() {
         let mut presence = Presence::new(1.5);
-        let (old, change) = presence.session_started("t", &hello("gw"), SessionId::new_v7(), 1_000, 0);
+        let (old, change) =
+            presence.session_started("t", &hello("gw"), SessionId::new_v7(), 1_000, 0);
         assert!(change.unwrap().online);
-        let (new, change) = presence.session_started("t", &hello("gw"), SessionId::new_v7(), 1_000, 100);
+        let (new, change) =
+            presence.session_started("t", &hello("gw"), SessionId::new_v7(), 1_000, 100);
         assert!(change.is_none(), "online → online is no change");
         assert!(new > old);
         assert_eq!(presence.session_ended("gw", old, "transport", 200), None);
@@ -356,7 +362,10 @@ mod tests {
         let (epoch, _) = presence.session_started("t", &hello("gw"), SessionId::new_v7(), 1_000, 0);
         assert!(presence.seen("gw", epoch, None, 1_000));
         assert_eq!(presence.next_deadline_ms(), Some(2_501));
-        assert!(presence.sweep(2_500).is_empty(), "exactly 1.5 intervals is still online");
+        assert!(
+            presence.sweep(2_500).is_empty(),
+            "exactly 1.5 intervals is still online"
+        );
         let changes = presence.sweep(2_501);
         assert_eq!(changes.len(), 1);
         assert!(!changes[0].online);
@@ -368,9 +377,15 @@ mod tests {
     fn rest_heartbeats_bring_a_gateway_online_with_a_new_epoch() {
         let mut presence = Presence::new(1.5);
         let status = crate::gateway::empty_status();
-        let change = presence.rest_heartbeat("t", "gw", status.clone(), 1_000, 0).unwrap();
+        let change = presence
+            .rest_heartbeat("t", "gw", status.clone(), 1_000, 0)
+            .unwrap();
         assert_eq!(change.transport, Transport::Rest);
-        assert!(presence.rest_heartbeat("t", "gw", status, 1_000, 500).is_none());
+        assert!(
+            presence
+                .rest_heartbeat("t", "gw", status, 1_000, 500)
+                .is_none()
+        );
         assert_eq!(presence.get("gw").unwrap().last_seen_ms, 500);
     }
 }

@@ -275,9 +275,9 @@ impl ServerSession {
         }
         if !self.is_closed() {
             self.transmits
-                .push_back(ServerTransmit::Frame(ControlFrame::Error(ErrorFrame::from(
-                    error,
-                ))));
+                .push_back(ServerTransmit::Frame(ControlFrame::Error(
+                    ErrorFrame::from(error),
+                )));
         }
     }
 
@@ -333,7 +333,8 @@ impl ServerSession {
         }
         let was_established = self.is_established();
         self.state = State::Closed;
-        self.transmits.push_back(ServerTransmit::Close(reason.clone()));
+        self.transmits
+            .push_back(ServerTransmit::Close(reason.clone()));
         self.events.push_back(ServerEvent::Closed {
             reason,
             was_established,
@@ -358,7 +359,9 @@ impl ServerSession {
             State::AwaitingHello { since } => {
                 Some(since + Duration::from_millis(self.config.handshake_timeout_ms))
             }
-            State::Established { last_frame_at } => Some(last_frame_at + self.config.silence_limit()),
+            State::Established { last_frame_at } => {
+                Some(last_frame_at + self.config.silence_limit())
+            }
             State::Closed => None,
         }
     }

@@ -378,8 +378,12 @@ pub trait CommandQueue: Send + Sync + 'static {
     ) -> Result<Delivery, Error>;
 
     /// Apply an acknowledgement from `gateway_id` (forward only; always recorded).
-    fn record_ack(&self, gateway_id: &str, ack: &CommandAck, now_ms: i64)
-    -> Result<AckOutcome, Error>;
+    fn record_ack(
+        &self,
+        gateway_id: &str,
+        ack: &CommandAck,
+        now_ms: i64,
+    ) -> Result<AckOutcome, Error>;
 
     /// Cancel a command. `queued` cancels plainly; `sent`, `received` and `in_progress` only
     /// with `force` — the gateway may already run it and is left to recover on its own.

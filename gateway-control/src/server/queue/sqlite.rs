@@ -227,7 +227,12 @@ fn write(tx: &Transaction<'_>, u: Update<'_>) -> Result<(), Error> {
     Ok(())
 }
 
-fn change(record: &CommandRecord, to: CommandState, now_ms: i64, detail: Option<String>) -> StateChange {
+fn change(
+    record: &CommandRecord,
+    to: CommandState,
+    now_ms: i64,
+    detail: Option<String>,
+) -> StateChange {
     StateChange {
         id: record.id,
         gateway_id: record.gateway_id.clone(),
@@ -277,14 +282,22 @@ impl SqliteCommandQueue {
     }
 
     fn with_tx<T>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T, Error>) -> Result<T, Error> {
-        let mut conn = self.conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut conn = self
+            .conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let tx = conn.transaction().map_err(Error::queue)?;
         let out = f(&tx)?;
         tx.commit().map_err(Error::queue)?;
         Ok(out)
     }
 
-    fn insert(&self, tx: &Transaction<'_>, command: NewCommand, now_ms: i64) -> Result<CommandRecord, Error> {
+    fn insert(
+        &self,
+        tx: &Transaction<'_>,
+        command: NewCommand,
+        now_ms: i64,
+    ) -> Result<CommandRecord, Error> {
         command.validate(&self.limits, now_ms)?;
         let id = CommandId::new_v7();
         let ttl = i64::try_from(self.config.default_delivery_ttl_ms).unwrap_or(i64::MAX);
@@ -344,7 +357,11 @@ impl CommandQueue for SqliteCommandQueue {
         self.with_tx(|tx| self.insert(tx, command, now_ms))
     }
 
-    fn enqueue_many(&self, commands: Vec<NewCommand>, now_ms: i64) -> Result<Vec<CommandRecord>, Error> {
+    fn enqueue_many(
+        &self,
+        commands: Vec<NewCommand>,
+        now_ms: i64,
+    ) -> Result<Vec<CommandRecord>, Error> {
         self.with_tx(|tx| {
             commands
                 .into_iter()
@@ -437,7 +454,12 @@ impl CommandQueue for SqliteCommandQueue {
         })
     }
 
-    fn record_ack(&self, gateway_id: &str, ack: &CommandAck, now_ms: i64) -> Result<AckOutcome, Error> {
+    fn record_ack(
+        &self,
+        gateway_id: &str,
+        ack: &CommandAck,
+        now_ms: i64,
+    ) -> Result<AckOutcome, Error> {
         self.with_tx(|tx| {
             let row = select_one(tx, &ack.id)?.ok_or(Error::UnknownCommand { id: ack.id })?;
             let r = row.record;
