@@ -354,15 +354,30 @@ impl PayloadFields {
     }
 
     fn take_string(&mut self, field: &str) -> Result<String, Error> {
-        self.take_optional_string(field)?
-            .ok_or_else(|| Error::payload(&self.kind, field, "missing"))
+        match self.take_optional_string(field)? {
+            Some(value) => Ok(value),
+            None => Err(self.missing(field, "missing")),
+        }
+    }
+
+    /// A missing-field error that also names the fields given instead (typos).
+    fn missing(&self, field: &str, reason: &str) -> Error {
+        let others: Vec<&str> = self.map.keys().map(String::as_str).collect();
+        let reason = if others.is_empty() {
+            reason.to_string()
+        } else {
+            format!(
+                "{reason}; the payload has unknown field(s) `{}`",
+                others.join("`, `")
+            )
+        };
+        Error::payload(&self.kind, field, reason)
     }
 
     fn take_door(&mut self) -> Result<u32, Error> {
-        let value = self
-            .map
-            .remove("door")
-            .ok_or_else(|| Error::payload(&self.kind, "door", "missing: give a door number from 1"))?;
+        let Some(value) = self.map.remove("door") else {
+            return Err(self.missing("door", "missing: give a door number from 1"));
+        };
         value
             .as_u64()
             .and_then(|n| u32::try_from(n).ok())
@@ -486,7 +501,11 @@ mod tests {
             ),
         ];
         for (kind, payload, expected) in cases {
-            assert_eq!(DeviceCommand::parse(kind, &payload).unwrap(), expected, "{kind}");
+            assert_eq!(
+                DeviceCommand::parse(kind, &payload).unwrap(),
+                expected,
+                "{kind}"
+            );
         }
         for kind in KINDS {
             assert!(is_device_kind(kind));
@@ -500,9 +519,17 @@ mod tests {
             ("device.door.open", json!({"door": 0}), "door"),
             ("device.door.open", json!({"door": "1"}), "door"),
             ("device.door.open", json!({"door": 1.5}), "door"),
-            ("device.door.open", json!({"door": 1, "extra": true}), "extra"),
+            (
+                "device.door.open",
+                json!({"door": 1, "extra": true}),
+                "extra",
+            ),
             ("device.door", json!({"door": 1}), "action"),
-            ("device.door", json!({"door": 1, "action": "explode"}), "action"),
+            (
+                "device.door",
+                json!({"door": 1, "action": "explode"}),
+                "action",
+            ),
             ("device.reboot", json!({"force": true}), "force"),
             ("device.info", json!([1]), "payload"),
             ("device.command", json!({}), "command"),
@@ -510,7 +537,9 @@ mod tests {
         ];
         for (kind, payload, field) in cases {
             match DeviceCommand::parse(kind, &payload) {
-                Err(Error::InvalidPayload { field: f, .. }) => assert_eq!(f, field, "{kind} {payload}"),
+                Err(Error::InvalidPayload { field: f, .. }) => {
+                    assert_eq!(f, field, "{kind} {payload}")
+                }
                 other => panic!("{kind} {payload}: expected InvalidPayload, got {other:?}"),
             }
         }
@@ -524,7 +553,8 @@ mod tests {
     fn device_id_comes_from_target_or_payload() {
         let r = DeviceRequest::from_control("device.info", Some("a"), &json!({})).unwrap();
         assert_eq!(r.device_id, "a");
-        let r = DeviceRequest::from_control("device.info", None, &json!({"device_id": "b"})).unwrap();
+        let r =
+            DeviceRequest::from_control("device.info", None, &json!({"device_id": "b"})).unwrap();
         assert_eq!(r.device_id, "b");
         let r = DeviceRequest::from_control("device.info", Some("a"), &json!({"device_id": "a"}))
             .unwrap();

@@ -133,7 +133,10 @@ impl DeviceLimits {
         if self.retry_backoff_ms > 600_000 {
             return Err(Error::config(
                 param("retry_backoff_ms"),
-                format!("must be at most 600000 (ten minutes), got {}", self.retry_backoff_ms),
+                format!(
+                    "must be at most 600000 (ten minutes), got {}",
+                    self.retry_backoff_ms
+                ),
             ));
         }
         Ok(())
@@ -177,12 +180,20 @@ mod tests {
             ..DeviceLimits::default()
         };
         let err = bad.validate("devices.d1.limits.").unwrap_err();
-        assert!(err.to_string().contains("devices.d1.limits.max_in_flight"), "{err}");
+        assert!(
+            err.to_string().contains("devices.d1.limits.max_in_flight"),
+            "{err}"
+        );
         let bad = DeviceLimits {
             command_timeout_ms: 0,
             ..DeviceLimits::default()
         };
-        assert!(bad.validate("").unwrap_err().to_string().contains("command_timeout_ms"));
+        assert!(
+            bad.validate("")
+                .unwrap_err()
+                .to_string()
+                .contains("command_timeout_ms")
+        );
     }
 
     #[test]

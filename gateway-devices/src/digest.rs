@@ -244,10 +244,15 @@ impl DigestChallenge {
         let qop_auth = match challenge.param("qop") {
             None => false,
             Some(list) => {
-                if list.split(',').any(|q| q.trim().eq_ignore_ascii_case("auth")) {
+                if list
+                    .split(',')
+                    .any(|q| q.trim().eq_ignore_ascii_case("auth"))
+                {
                     true
                 } else {
-                    return Err(format!("unsupported qop `{list}` (only `auth` is supported)"));
+                    return Err(format!(
+                        "unsupported qop `{list}` (only `auth` is supported)"
+                    ));
                 }
             }
         };
@@ -463,7 +468,10 @@ impl DigestAuthorization {
             method,
             uri: &self.uri,
         });
-        constant_time_eq(expected.as_bytes(), self.response.to_ascii_lowercase().as_bytes())
+        constant_time_eq(
+            expected.as_bytes(),
+            self.response.to_ascii_lowercase().as_bytes(),
+        )
     }
 }
 
@@ -505,11 +513,27 @@ mod tests {
     fn rfc_2617_example_response() {
         // RFC 2617 section 3.5.
         let header = r#"Digest realm="testrealm@host.com", qop="auth,auth-int", nonce="dcd98b7102dd2f0e8b11d0f600bfb0c093", opaque="5ccc069c403ebaf9f0171e9517f40e41""#;
-        let mut session = DigestSession::new(DigestChallenge::first_in(&parse_challenges(header)).unwrap());
-        let auth = session.authorize("GET", "/dir/index.html", "Mufasa", "Circle Of Life", "0a4f113b");
-        assert!(auth.contains(r#"response="6629fae49393a05397450978507c4ef1""#), "{auth}");
+        let mut session =
+            DigestSession::new(DigestChallenge::first_in(&parse_challenges(header)).unwrap());
+        let auth = session.authorize(
+            "GET",
+            "/dir/index.html",
+            "Mufasa",
+            "Circle Of Life",
+            "0a4f113b",
+        );
+        assert!(
+            auth.contains(r#"response="6629fae49393a05397450978507c4ef1""#),
+            "{auth}"
+        );
         assert!(auth.contains("nc=00000001"));
-        let second = session.authorize("GET", "/dir/index.html", "Mufasa", "Circle Of Life", "0a4f113b");
+        let second = session.authorize(
+            "GET",
+            "/dir/index.html",
+            "Mufasa",
+            "Circle Of Life",
+            "0a4f113b",
+        );
         assert!(second.contains("nc=00000002"));
     }
 
@@ -517,7 +541,8 @@ mod tests {
     fn rfc_7616_sha256_example_response() {
         // RFC 7616 section 3.9.1.
         let header = r#"Digest realm="http-auth@example.org", qop="auth, auth-int", algorithm=SHA-256, nonce="7ypf/xlj9XXwfDPEoM4URrv/xwf94BcCAzFZH4GiTo0v", opaque="FQhe/qaU925kfnzjCev0ciny7QMkPqMAFRtzCUYo5tdS""#;
-        let mut session = DigestSession::new(DigestChallenge::first_in(&parse_challenges(header)).unwrap());
+        let mut session =
+            DigestSession::new(DigestChallenge::first_in(&parse_challenges(header)).unwrap());
         let auth = session.authorize(
             "GET",
             "/dir/index.html",
@@ -526,7 +551,9 @@ mod tests {
             "f2/wE4q74E6zIJEtWaHKaf5wv/H5QzzpXusqGemxURZJ",
         );
         assert!(
-            auth.contains(r#"response="753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1""#),
+            auth.contains(
+                r#"response="753927fa0e85d155564e2e272a28d1802ca10daf4496794697cf8db5856cb6c1""#
+            ),
             "{auth}"
         );
     }
@@ -534,9 +561,17 @@ mod tests {
     #[test]
     fn server_verifies_what_the_client_computed() {
         for algorithm in ["MD5", "MD5-sess", "SHA-256", "SHA-256-sess"] {
-            let header = format!(r#"Digest realm="r(1)", qop="auth", nonce="n1", algorithm={algorithm}"#);
-            let mut session = DigestSession::new(DigestChallenge::first_in(&parse_challenges(&header)).unwrap());
-            let auth = session.authorize("PUT", "/ISAPI/System/reboot", "ad\"min", "pw", &new_cnonce());
+            let header =
+                format!(r#"Digest realm="r(1)", qop="auth", nonce="n1", algorithm={algorithm}"#);
+            let mut session =
+                DigestSession::new(DigestChallenge::first_in(&parse_challenges(&header)).unwrap());
+            let auth = session.authorize(
+                "PUT",
+                "/ISAPI/System/reboot",
+                "ad\"min",
+                "pw",
+                &new_cnonce(),
+            );
             let parsed = DigestAuthorization::parse(&auth).unwrap();
             assert_eq!(parsed.username, "ad\"min");
             assert_eq!(parsed.nc, Some(1));
@@ -546,20 +581,41 @@ mod tests {
         }
         // RFC 2069 style (no qop).
         let mut session = DigestSession::new(
-            DigestChallenge::first_in(&parse_challenges(r#"Digest realm="IP Camera(C2875)", nonce="938032d9", stale="FALSE""#)).unwrap(),
+            DigestChallenge::first_in(&parse_challenges(
+                r#"Digest realm="IP Camera(C2875)", nonce="938032d9", stale="FALSE""#,
+            ))
+            .unwrap(),
         );
         let auth = session.authorize("GET", "/", "u", "p", "c");
         assert!(!auth.contains("qop"));
-        assert!(DigestAuthorization::parse(&auth).unwrap().verify("GET", "p"));
+        assert!(
+            DigestAuthorization::parse(&auth)
+                .unwrap()
+                .verify("GET", "p")
+        );
     }
 
     #[test]
     fn odd_headers_do_not_panic_and_give_no_digest() {
-        for header in ["", "=", "\"", "Digest", "Digest nonce", "Digest nonce=\"", ",,,", "Basic realm=\"x\"", "Digest realm=\"x\", nonce=\"n\", algorithm=SHA-512", "Digest nonce=n, qop=auth-int", "é=é"] {
+        for header in [
+            "",
+            "=",
+            "\"",
+            "Digest",
+            "Digest nonce",
+            "Digest nonce=\"",
+            ",,,",
+            "Basic realm=\"x\"",
+            "Digest realm=\"x\", nonce=\"n\", algorithm=SHA-512",
+            "Digest nonce=n, qop=auth-int",
+            "é=é",
+        ] {
             let challenges = parse_challenges(header);
             let _ = DigestChallenge::first_in(&challenges);
         }
         assert!(DigestChallenge::first_in(&parse_challenges("Basic realm=\"x\"")).is_none());
-        assert!(DigestChallenge::first_in(&parse_challenges("Digest nonce=n, qop=auth-int")).is_none());
+        assert!(
+            DigestChallenge::first_in(&parse_challenges("Digest nonce=n, qop=auth-int")).is_none()
+        );
     }
 }

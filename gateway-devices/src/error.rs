@@ -32,9 +32,7 @@ pub enum Error {
         expected: String,
     },
     /// The device's adapter does not offer this command.
-    #[error(
-        "device `{device_id}` does not support command `{command}`; it supports: {supported}"
-    )]
+    #[error("device `{device_id}` does not support command `{command}`; it supports: {supported}")]
     UnsupportedCommand {
         /// The device.
         device_id: String,

@@ -113,7 +113,12 @@ pub struct CommandReport {
 }
 
 impl CommandReport {
-    pub(crate) fn pending(id: CommandId, device_id: &str, command: DeviceCommand, now_ms: i64) -> Self {
+    pub(crate) fn pending(
+        id: CommandId,
+        device_id: &str,
+        command: DeviceCommand,
+        now_ms: i64,
+    ) -> Self {
         CommandReport {
             id,
             device_id: device_id.to_string(),

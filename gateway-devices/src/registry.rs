@@ -39,8 +39,11 @@ pub trait AdapterFactory: Send + Sync + 'static {
     /// Build the adapter for one device. Errors about `settings` should be
     /// [`Error::InvalidConfig`] with `param` relative to the settings object (`base_url`), or
     /// empty for the object as a whole; the registry prefixes `devices.<id>.settings`.
-    fn build(&self, context: &AdapterContext, settings: &Value)
-    -> Result<Arc<dyn DeviceAdapter>, Error>;
+    fn build(
+        &self,
+        context: &AdapterContext,
+        settings: &Value,
+    ) -> Result<Arc<dyn DeviceAdapter>, Error>;
 }
 
 /// What a factory gets besides the settings.
@@ -366,15 +369,16 @@ impl DeviceRegistry {
                 _ => true,
             };
         let slot_free = slot.slots.available_permits() > 0;
-        let waiting = WaitingGuard::enter(&slot.waiting, slot.limits.max_queued as usize, slot_free)
-            .ok_or_else(|| Error::Busy {
-                device_id: device_id.clone(),
-                queued: slot.waiting.load(Ordering::SeqCst),
-            })
-            .inspect_err(|_| {
-                metrics::counter!("gateway_devices_commands_rejected_total", "reason" => "busy")
+        let waiting =
+            WaitingGuard::enter(&slot.waiting, slot.limits.max_queued as usize, slot_free)
+                .ok_or_else(|| Error::Busy {
+                    device_id: device_id.clone(),
+                    queued: slot.waiting.load(Ordering::SeqCst),
+                })
+                .inspect_err(|_| {
+                    metrics::counter!("gateway_devices_commands_rejected_total", "reason" => "busy")
                     .increment(1);
-            })?;
+                })?;
 
         let id = options.id.unwrap_or_else(CommandId::new_v7);
         let timeout = options
@@ -384,8 +388,7 @@ impl DeviceRegistry {
         let mut report = CommandReport::pending(id, &device_id, command, self.clock.now_ms());
         self.publish(&report);
 
-        let permit = match tokio::time::timeout(timeout, slot.slots.clone().acquire_owned()).await
-        {
+        let permit = match tokio::time::timeout(timeout, slot.slots.clone().acquire_owned()).await {
             Ok(Ok(permit)) => permit,
             Ok(Err(_closed)) => {
                 report.finish(
@@ -415,12 +418,11 @@ impl DeviceRegistry {
             report.mark_sent(self.clock.now_ms());
             self.publish(&report);
             debug!(device = %device_id, %id, command = report.command.name(), attempt = report.attempts, "command sent");
-            let result = match tokio::time::timeout(timeout, slot.adapter.execute(&report.command))
-                .await
-            {
-                Ok(result) => result,
-                Err(_) => Err(Error::Timeout { after: timeout }),
-            };
+            let result =
+                match tokio::time::timeout(timeout, slot.adapter.execute(&report.command)).await {
+                    Ok(result) => result,
+                    Err(_) => Err(Error::Timeout { after: timeout }),
+                };
             match result {
                 Err(error)
                     if retry_allowed
@@ -515,8 +517,12 @@ impl DeviceRegistry {
         )
         .record(elapsed.as_secs_f64());
         match &report.failure {
-            None => info!(device = %report.device_id, id = %report.id, command = report.command.name(), state = %report.state, attempts = report.attempts, "command finished"),
-            Some(failure) => warn!(device = %report.device_id, id = %report.id, command = report.command.name(), state = %report.state, attempts = report.attempts, error = %failure.message, "command finished"),
+            None => {
+                info!(device = %report.device_id, id = %report.id, command = report.command.name(), state = %report.state, attempts = report.attempts, "command finished")
+            }
+            Some(failure) => {
+                warn!(device = %report.device_id, id = %report.id, command = report.command.name(), state = %report.state, attempts = report.attempts, error = %failure.message, "command finished")
+            }
         }
         self.publish(&report);
         report

@@ -283,7 +283,8 @@ mod tests {
         assert_eq!(tz.dst, None);
         let west = parse_posix_tz("EST+5:00:00").unwrap();
         assert_eq!(west.utc_offset_secs, -5 * 3600);
-        let dst = parse_posix_tz("CST-4:00:00DST01:00:00,M4.1.0/21:00:00,M10.5.0/02:00:00").unwrap();
+        let dst =
+            parse_posix_tz("CST-4:00:00DST01:00:00,M4.1.0/21:00:00,M10.5.0/02:00:00").unwrap();
         assert_eq!(dst.utc_offset_secs, 4 * 3600);
         assert_eq!(
             dst.dst.as_deref(),

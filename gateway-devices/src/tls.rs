@@ -57,7 +57,10 @@ pub fn client_config(options: &TlsOptions) -> Result<ClientConfig, Error> {
     let mut pems: Vec<(String, Vec<u8>)> = Vec::new();
     if let Some(path) = &options.ca_cert_file {
         let bytes = std::fs::read(path).map_err(|e| {
-            Error::config("ca_cert_file", format!("cannot read {}: {e}", path.display()))
+            Error::config(
+                "ca_cert_file",
+                format!("cannot read {}: {e}", path.display()),
+            )
         })?;
         pems.push(("ca_cert_file".to_string(), bytes));
     }
@@ -74,10 +77,7 @@ pub fn client_config(options: &TlsOptions) -> Result<ClientConfig, Error> {
             added += 1;
         }
         if added == 0 {
-            return Err(Error::config(
-                param,
-                "holds no `BEGIN CERTIFICATE` block",
-            ));
+            return Err(Error::config(param, "holds no `BEGIN CERTIFICATE` block"));
         }
     }
     Ok(builder.with_root_certificates(roots).with_no_client_auth())

@@ -1,4 +1,5 @@
 //! Digest authentication end to end: adapter ↔ simulator over loopback.
+#![cfg(feature = "simulator")]
 
 mod common;
 
@@ -9,8 +10,7 @@ use common::{config_for, pair};
 use gateway_devices::hikvision::{HikvisionAdapter, HikvisionConfig};
 use gateway_devices::simulator::{ChallengeStyle, Simulator, SimulatorConfig};
 use gateway_devices::{
-    DeviceAdapter, DeviceCommand, DeviceLimits, DeviceRegistry, Error, HealthState,
-    RegistryConfig,
+    DeviceAdapter, DeviceCommand, DeviceLimits, DeviceRegistry, Error, HealthState, RegistryConfig,
 };
 
 fn wrong_password(simulator: &Simulator) -> HikvisionConfig {
@@ -35,7 +35,10 @@ async fn one_challenge_then_the_nonce_is_counted_for_every_request() {
             adapter.execute(&DeviceCommand::Info).await.unwrap();
         }
         let stats = simulator.stats();
-        assert_eq!(stats.unauthorized, 1, "{style:?}: one challenge for five requests");
+        assert_eq!(
+            stats.unauthorized, 1,
+            "{style:?}: one challenge for five requests"
+        );
         assert_eq!(stats.authenticated, 5, "{style:?}");
         assert_eq!(stats.replays, 0, "{style:?}: every nc is new");
         assert_eq!(stats.failed_logins, 0, "{style:?}");
@@ -52,7 +55,9 @@ async fn concurrent_requests_share_the_nonce_without_replays() {
     let mut tasks = Vec::new();
     for _ in 0..8 {
         let adapter = adapter.clone();
-        tasks.push(tokio::spawn(async move { adapter.execute(&DeviceCommand::Time).await }));
+        tasks.push(tokio::spawn(async move {
+            adapter.execute(&DeviceCommand::Time).await
+        }));
     }
     for task in tasks {
         task.await.unwrap().unwrap();
@@ -103,7 +108,9 @@ async fn a_wrong_password_is_tried_once_and_then_not_again() {
     let simulator = Simulator::start(SimulatorConfig::default()).await.unwrap();
     let adapter = HikvisionAdapter::new("door", wrong_password(&simulator)).unwrap();
     let err = adapter.execute(&DeviceCommand::Info).await.unwrap_err();
-    let Error::Auth { lockout, reason } = &err else { panic!("{err:?}") };
+    let Error::Auth { lockout, reason } = &err else {
+        panic!("{err:?}")
+    };
     assert!(reason.contains("admin"), "{reason}");
     let lockout = lockout.clone().expect("the simulator reports tries left");
     assert!(!lockout.locked);
@@ -114,15 +121,27 @@ async fn a_wrong_password_is_tried_once_and_then_not_again() {
 
     // Through the registry, with retries allowed for `info`: still no further request.
     let registry = DeviceRegistry::builder()
-        .with_adapter("door", "hikvision-isapi", Arc::new(adapter), DeviceLimits::default())
+        .with_adapter(
+            "door",
+            "hikvision-isapi",
+            Arc::new(adapter),
+            DeviceLimits::default(),
+        )
         .build(&RegistryConfig::default())
         .unwrap();
     for _ in 0..10 {
         let report = registry.execute("door", DeviceCommand::Info).await.unwrap();
         assert_eq!(report.state, gateway_devices::CommandState::Failed);
-        assert_eq!(report.attempts, 1, "authentication failures are not retried");
+        assert_eq!(
+            report.attempts, 1,
+            "authentication failures are not retried"
+        );
         let failure = report.failure.unwrap();
-        assert!(failure.message.contains("not contacting"), "{}", failure.message);
+        assert!(
+            failure.message.contains("not contacting"),
+            "{}",
+            failure.message
+        );
     }
     let health = registry.health("door").await.unwrap();
     assert_eq!(health.state, HealthState::AuthFailed);
@@ -143,8 +162,14 @@ async fn after_the_backoff_one_more_try_is_made() {
     tokio::time::sleep(Duration::from_millis(60)).await;
     adapter.execute(&DeviceCommand::Info).await.unwrap_err();
     let stats = simulator.stats();
-    assert_eq!(stats.failed_logins, 2, "exactly one more wrong login after the backoff");
-    assert_eq!(stats.requests, 3, "the cached nonce is reused: no extra bare request");
+    assert_eq!(
+        stats.failed_logins, 2,
+        "exactly one more wrong login after the backoff"
+    );
+    assert_eq!(
+        stats.requests, 3,
+        "the cached nonce is reused: no extra bare request"
+    );
     simulator.shutdown().await;
 }
 
@@ -162,7 +187,13 @@ async fn a_locked_device_stays_401_and_the_adapter_waits_for_the_unlock() {
     let careless = HikvisionAdapter::new("door", config).unwrap();
     careless.execute(&DeviceCommand::Info).await.unwrap_err();
     let err = careless.execute(&DeviceCommand::Info).await.unwrap_err();
-    let Error::Auth { lockout: Some(lockout), .. } = err else { panic!("{err:?}") };
+    let Error::Auth {
+        lockout: Some(lockout),
+        ..
+    } = err
+    else {
+        panic!("{err:?}")
+    };
     assert!(lockout.locked);
     assert_eq!(lockout.unlock_in_secs, Some(1800));
 
@@ -170,14 +201,25 @@ async fn a_locked_device_stays_401_and_the_adapter_waits_for_the_unlock() {
     // lock and stays away for its duration.
     let adapter = HikvisionAdapter::new("door", config_for(&simulator)).unwrap();
     let err = adapter.execute(&DeviceCommand::Info).await.unwrap_err();
-    let Error::Auth { lockout: Some(lockout), reason } = err else { panic!() };
+    let Error::Auth {
+        lockout: Some(lockout),
+        reason,
+    } = err
+    else {
+        panic!()
+    };
     assert!(lockout.locked, "{reason}");
     assert!(reason.contains("locked"), "{reason}");
     let before = simulator.stats().requests;
     let err = adapter.execute(&DeviceCommand::Info).await.unwrap_err();
     assert!(err.to_string().contains("not contacting"), "{err}");
     assert_eq!(simulator.stats().requests, before);
-    assert!(simulator.requests().iter().all(|r| r.status == 401 || r.status == 0));
+    assert!(
+        simulator
+            .requests()
+            .iter()
+            .all(|r| r.status == 401 || r.status == 0)
+    );
 
     // Once the device unlocks (and the adapter's wait is over), the right password works.
     simulator.unlock();

@@ -1,4 +1,5 @@
 //! Every Hikvision command against the simulator, and the mapping of device errors.
+#![cfg(feature = "simulator")]
 
 mod common;
 
@@ -42,10 +43,9 @@ async fn door_actions_change_the_door_and_log_events() {
         .collect();
     assert_eq!(minors, [1026, 1025, 1027, 1024]);
     // The request carried the ISAPI namespace (the simulator parsed it; the path is right).
-    assert!(simulator
-        .requests()
-        .iter()
-        .any(|r| r.method == "PUT" && r.path == "/ISAPI/AccessControl/RemoteControl/door/2" && r.status == 200));
+    assert!(simulator.requests().iter().any(|r| r.method == "PUT"
+        && r.path == "/ISAPI/AccessControl/RemoteControl/door/2"
+        && r.status == 200));
     simulator.shutdown().await;
 }
 
@@ -69,11 +69,23 @@ async fn door_numbers_and_actions_are_checked_against_the_capabilities() {
         ..SimulatorConfig::default()
     })
     .await;
-    let err = adapter.validate(&door(3, DoorAction::Open)).await.unwrap_err();
-    assert!(matches!(&err, Error::InvalidPayload { field, .. } if field == "door"), "{err}");
+    let err = adapter
+        .validate(&door(3, DoorAction::Open))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidPayload { field, .. } if field == "door"),
+        "{err}"
+    );
     assert!(err.to_string().contains("1 to 2"), "{err}");
-    let err = adapter.validate(&door(1, DoorAction::AlwaysOpen)).await.unwrap_err();
-    assert!(matches!(&err, Error::InvalidPayload { field, .. } if field == "action"), "{err}");
+    let err = adapter
+        .validate(&door(1, DoorAction::AlwaysOpen))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidPayload { field, .. } if field == "action"),
+        "{err}"
+    );
     adapter.validate(&door(2, DoorAction::Close)).await.unwrap();
     // The capabilities were read once.
     let capability_reads = simulator
@@ -93,8 +105,13 @@ async fn without_capabilities_the_device_decides() {
     })
     .await;
     adapter.validate(&door(9, DoorAction::Open)).await.unwrap();
-    let err = adapter.execute(&door(9, DoorAction::Open)).await.unwrap_err();
-    let Error::Device(device) = err else { panic!("{err:?}") };
+    let err = adapter
+        .execute(&door(9, DoorAction::Open))
+        .await
+        .unwrap_err();
+    let Error::Device(device) = err else {
+        panic!("{err:?}")
+    };
     assert_eq!(device.http_status, Some(400));
     assert_eq!(device.sub_code.as_deref(), Some("badParameters"));
     simulator.shutdown().await;
@@ -112,12 +129,21 @@ async fn device_info_and_time() {
     .await
     .unwrap();
     let adapter =
-        HikvisionAdapter::with_clock("d1", config_for(&simulator), Arc::new(gateway_clock)).unwrap();
+        HikvisionAdapter::with_clock("d1", config_for(&simulator), Arc::new(gateway_clock))
+            .unwrap();
     let info = adapter.execute(&DeviceCommand::Info).await.unwrap();
     assert_eq!(info.data["model"], "DS-K1T341AM-SIM");
     assert_eq!(info.data["firmware"], "V3.2.30 build 220210");
-    assert_eq!(info.data["serial"], SimulatorConfig::default().serial_number);
-    assert!(info.data["capabilities"].as_array().unwrap().contains(&"door".into()));
+    assert_eq!(
+        info.data["serial"],
+        SimulatorConfig::default().serial_number
+    );
+    assert!(
+        info.data["capabilities"]
+            .as_array()
+            .unwrap()
+            .contains(&"door".into())
+    );
     let time = adapter.execute(&DeviceCommand::Time).await.unwrap();
     assert_eq!(time.data["unix_ms"], 1_780_000_000_000i64);
     assert_eq!(time.data["utc_offset_secs"], 14_400);
@@ -175,10 +201,38 @@ async fn idempotent_commands_bridge_a_reboot_through_retries() {
 async fn device_error_answers_keep_the_device_words() {
     let (simulator, adapter) = pair(SimulatorConfig::default()).await;
     let cases = [
-        (Reply::device_busy(), 503, "2", "deviceBusy", "Device Busy", true),
-        (Reply::device_error(), 500, "3", "deviceError", "Device Error", false),
-        (Reply::invalid_operation(), 403, "4", "invalidOperation", "Invalid Operation", false),
-        (Reply::bad_json_content("startTime"), 400, "6", "badJsonContent", "startTime", false),
+        (
+            Reply::device_busy(),
+            503,
+            "2",
+            "deviceBusy",
+            "Device Busy",
+            true,
+        ),
+        (
+            Reply::device_error(),
+            500,
+            "3",
+            "deviceError",
+            "Device Error",
+            false,
+        ),
+        (
+            Reply::invalid_operation(),
+            403,
+            "4",
+            "invalidOperation",
+            "Invalid Operation",
+            false,
+        ),
+        (
+            Reply::bad_json_content("startTime"),
+            400,
+            "6",
+            "badJsonContent",
+            "startTime",
+            false,
+        ),
         (
             Reply::response_status(200, 7, "Reboot Required", "rebootRequired"),
             200,
@@ -199,7 +253,9 @@ async fn device_error_answers_keep_the_device_words() {
             simulator.fail_next(1, reply.clone());
             let err = adapter.execute(command).await.unwrap_err();
             assert_eq!(err.is_retryable(), retryable, "{err}");
-            let Error::Device(device) = err else { panic!("{command:?}: {err:?}") };
+            let Error::Device(device) = err else {
+                panic!("{command:?}: {err:?}")
+            };
             assert_eq!(device.http_status, Some(http), "{command:?}");
             assert_eq!(device.code.as_deref(), Some(code), "{command:?}");
             assert_eq!(device.sub_code.as_deref(), Some(sub), "{command:?}");
@@ -207,7 +263,10 @@ async fn device_error_answers_keep_the_device_words() {
         }
         simulator.fail_next(1, reply.clone());
         let err = adapter.poll_events(None, 10).await.unwrap_err();
-        assert_eq!(err.device_error().and_then(|d| d.code.as_deref()), Some(code));
+        assert_eq!(
+            err.device_error().and_then(|d| d.code.as_deref()),
+            Some(code)
+        );
     }
     // Answers without a ResponseStatus fall back on the HTTP status and body.
     simulator.fail_next(1, Reply::raw(500, "text/html", "<html>oops</html>"));
@@ -233,7 +292,10 @@ async fn dropped_connections_and_slow_answers() {
     let adapter = HikvisionAdapter::new("d1", config).unwrap();
     adapter.execute(&DeviceCommand::Info).await.unwrap();
     simulator.drop_next(1);
-    let err = adapter.execute(&door(1, DoorAction::Open)).await.unwrap_err();
+    let err = adapter
+        .execute(&door(1, DoorAction::Open))
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Transport { .. }), "{err:?}");
     assert_eq!(simulator.stats().dropped, 1);
     assert_eq!(simulator.door_state(1), Some(DoorState::Closed));
@@ -249,14 +311,26 @@ async fn dropped_connections_and_slow_answers() {
 async fn custom_commands_are_not_offered_by_this_adapter() {
     let (simulator, adapter) = pair(SimulatorConfig::default()).await;
     let registry = DeviceRegistry::builder()
-        .with_adapter("d1", "hikvision-isapi", Arc::new(adapter), DeviceLimits::default())
+        .with_adapter(
+            "d1",
+            "hikvision-isapi",
+            Arc::new(adapter),
+            DeviceLimits::default(),
+        )
         .build(&RegistryConfig::default())
         .unwrap();
     let command = DeviceCommand::parse("device.custom.snapshot", &serde_json::json!({})).unwrap();
     let err = registry.execute("d1", command).await.unwrap_err();
     assert!(matches!(err, Error::UnsupportedCommand { .. }), "{err}");
-    assert!(err.to_string().contains("info, time, reboot, door"), "{err}");
-    assert_eq!(simulator.stats().requests, 0, "refused before anything was sent");
+    assert!(
+        err.to_string().contains("info, time, reboot, door"),
+        "{err}"
+    );
+    assert_eq!(
+        simulator.stats().requests,
+        0,
+        "refused before anything was sent"
+    );
     simulator.shutdown().await;
 }
 
@@ -299,7 +373,10 @@ async fn https_with_a_custom_ca_or_the_dangerous_flag() {
     let adapter = HikvisionAdapter::new("d1", base.clone()).unwrap();
     let err = adapter.execute(&DeviceCommand::Info).await.unwrap_err();
     assert!(matches!(err, Error::Transport { .. }), "{err:?}");
-    assert!(err.to_string().to_lowercase().contains("certificate"), "{err}");
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
 
     // The CA as a file.
     let dir = tempfile::tempdir().unwrap();

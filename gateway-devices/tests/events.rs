@@ -1,5 +1,6 @@
 //! The access-control event source: paging, resume after a restart with a persisted cursor,
 //! and the edge cases devices produce.
+#![cfg(feature = "simulator")]
 
 mod common;
 
@@ -26,7 +27,11 @@ async fn simulator_at(clock: &ManualClock) -> Simulator {
     .unwrap()
 }
 
-fn adapter(simulator: &Simulator, clock: &ManualClock, tune: impl FnOnce(&mut HikvisionConfig)) -> HikvisionAdapter {
+fn adapter(
+    simulator: &Simulator,
+    clock: &ManualClock,
+    tune: impl FnOnce(&mut HikvisionConfig),
+) -> HikvisionAdapter {
     let mut config = config_for(simulator);
     tune(&mut config);
     HikvisionAdapter::with_clock("gate", config, Arc::new(clock.clone())).unwrap()
@@ -63,7 +68,12 @@ async fn pages_are_followed_while_the_device_says_more() {
     assert_eq!(acs_searches(&simulator), 3, "positions 0, 30 and 60");
     // Records are ordered, stamped with the event time, and go to the `devices` stream.
     assert_eq!(batch.records[0].timestamp_ms, T0 + 1_000);
-    assert!(batch.records.iter().all(|r| r.stream == "devices" && r.source == "gate"));
+    assert!(
+        batch
+            .records
+            .iter()
+            .all(|r| r.stream == "devices" && r.source == "gate")
+    );
     let ids: BTreeSet<_> = batch.records.iter().map(|r| r.id.unwrap()).collect();
     assert_eq!(ids.len(), 75);
     simulator.shutdown().await;
@@ -134,7 +144,10 @@ async fn a_re_read_event_keeps_its_record_id() {
     let adapter = adapter(&simulator, &clock, |_| {});
     let first = adapter.poll_events(None, 10).await.unwrap();
     let second = adapter.poll_events(None, 10).await.unwrap();
-    assert_eq!(first.records, second.records, "same events, same record ids");
+    assert_eq!(
+        first.records, second.records,
+        "same events, same record ids"
+    );
     assert_eq!(first.records[0].attributes["event"], "door_unlocked");
     simulator.shutdown().await;
 }
@@ -147,7 +160,10 @@ async fn an_empty_log_is_no_match() {
     let batch = adapter.poll_events(None, 10).await.unwrap();
     assert!(batch.records.is_empty());
     assert!(!batch.more);
-    assert_eq!(batch.cursor, None, "nothing delivered yet: start from the beginning again");
+    assert_eq!(
+        batch.cursor, None,
+        "nothing delivered yet: start from the beginning again"
+    );
     simulator.shutdown().await;
 }
 
@@ -160,7 +176,9 @@ async fn starting_now_skips_the_history_but_not_what_follows() {
     let adapter = adapter(&simulator, &clock, |c| c.events.start = EventStart::Now);
     let batch = adapter.poll_events(None, 10).await.unwrap();
     assert!(batch.records.is_empty());
-    let cursor = batch.cursor.expect("a cursor at the start time, to persist");
+    let cursor = batch
+        .cursor
+        .expect("a cursor at the start time, to persist");
     clock.advance_ms(2_000);
     simulator.push_card_event("2", "New", "c");
     let batch = adapter.poll_events(Some(&cursor), 10).await.unwrap();
@@ -176,7 +194,9 @@ async fn starting_at_a_given_time() {
     clock.advance_ms(60_000);
     simulator.push_card_event("2", "New", "c");
     let start = gateway_devices::time::format_datetime(T0 + 30_000, 3_600);
-    let adapter = adapter(&simulator, &clock, |c| c.events.start = EventStart::At(start));
+    let adapter = adapter(&simulator, &clock, |c| {
+        c.events.start = EventStart::At(start)
+    });
     let batch = adapter.poll_events(None, 10).await.unwrap();
     assert_eq!(serials(&batch.records), [2]);
     simulator.shutdown().await;
@@ -195,10 +215,10 @@ async fn unreadable_cursors_and_items_and_device_errors() {
 
     // An item without a serial number is skipped; the readable ones come through.
     let page = json!({"AcsEvent": {"searchID": "x", "responseStatusStrg": "OK", "numOfMatches": 2,
-        "totalMatches": 2, "InfoList": [
-            {"major": 5, "minor": 1, "time": "2026-01-01T00:00:00+04:00"},
-            {"major": 5, "minor": 1, "time": "2026-01-01T00:00:01+04:00", "serialNo": 9}
-        ]}});
+    "totalMatches": 2, "InfoList": [
+        {"major": 5, "minor": 1, "time": "2026-01-01T00:00:00+04:00"},
+        {"major": 5, "minor": 1, "time": "2026-01-01T00:00:01+04:00", "serialNo": 9}
+    ]}});
     simulator.answer_raw_next(1, Reply::raw(200, "application/json", page.to_string()));
     let batch = adapter.poll_events(None, 10).await.unwrap();
     assert_eq!(serials(&batch.records), [9]);

@@ -1,5 +1,6 @@
 //! The registry: configuration errors, typed refusals before sending, the one-in-flight rule,
 //! timeouts, idempotent-only retries and the published lifecycle.
+#![cfg(feature = "simulator")]
 
 mod common;
 
@@ -11,8 +12,8 @@ use gateway_devices::hikvision::HikvisionFactory;
 use gateway_devices::simulator::{Simulator, SimulatorConfig};
 use gateway_devices::{
     CommandSpec, CommandState, DeviceAdapter, DeviceCommand, DeviceDescription, DeviceError,
-    DeviceLimits, DeviceOutcome, DeviceRegistry, DeviceRequest, DoorAction, Error,
-    ExecuteOptions, Health, RegistryConfig, async_trait,
+    DeviceLimits, DeviceOutcome, DeviceRegistry, DeviceRequest, DoorAction, Error, ExecuteOptions,
+    Health, RegistryConfig, async_trait,
 };
 use gateway_proto::clock::ManualClock;
 use gateway_proto::{Command, CommandAckState, CommandId};
@@ -212,7 +213,10 @@ async fn a_registry_from_configuration_drives_the_simulator() {
         Some(gateway_devices::simulator::DoorState::AlwaysOpen)
     );
     let health = registry.health_all().await;
-    assert_eq!(health["front-door"].state, gateway_devices::HealthState::Healthy);
+    assert_eq!(
+        health["front-door"].state,
+        gateway_devices::HealthState::Healthy
+    );
     let description = registry.describe("front-door").await.unwrap();
     assert_eq!(description.model, "DS-K1T341AM-SIM");
     simulator.shutdown().await;
@@ -234,7 +238,10 @@ async fn refusals_happen_before_anything_is_sent() {
         .unwrap();
     let mut reports = registry.subscribe();
 
-    let err = registry.execute("nope", DeviceCommand::Info).await.unwrap_err();
+    let err = registry
+        .execute("nope", DeviceCommand::Info)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::UnknownDevice { .. }), "{err}");
     let err = registry
         .execute(
@@ -250,7 +257,10 @@ async fn refusals_happen_before_anything_is_sent() {
     assert!(err.is_rejection());
     // Only the capabilities were read; no door command reached the device.
     assert!(simulator.requests().iter().all(|r| r.method == "GET"));
-    assert!(reports.try_recv().is_err(), "refused commands have no lifecycle");
+    assert!(
+        reports.try_recv().is_err(),
+        "refused commands have no lifecycle"
+    );
 
     // The control-channel form of the same refusals.
     let ack = |kind: &str, target: Option<&str>, payload: serde_json::Value| Command {
@@ -266,7 +276,11 @@ async fn refusals_happen_before_anything_is_sent() {
         ack("device.explode", Some("gate"), json!({})),
         ack("device.info", Some("nope"), json!({})),
         ack("device.door.open", Some("gate"), json!({"door": 0})),
-        ack("device.door.open", Some("gate"), json!({"door": 1, "extra": 1})),
+        ack(
+            "device.door.open",
+            Some("gate"),
+            json!({"door": 1, "extra": 1}),
+        ),
         ack("device.door.open", None, json!({"door": 1})),
         Command {
             delivery_deadline_ms: Some(1),
@@ -297,7 +311,11 @@ async fn one_command_in_flight_by_default() {
         assert_eq!(task.await.unwrap().state, CommandState::Succeeded);
     }
     assert_eq!(device.max_running.load(Ordering::SeqCst), 1);
-    assert_eq!(started.elapsed(), Duration::from_secs(5), "one after the other");
+    assert_eq!(
+        started.elapsed(),
+        Duration::from_secs(5),
+        "one after the other"
+    );
 
     let device = Arc::new(ScriptedDevice::new(Duration::from_secs(1)));
     let registry = Arc::new(registry_with(
@@ -324,17 +342,20 @@ async fn one_command_in_flight_by_default() {
 #[tokio::test]
 async fn one_command_in_flight_at_the_simulator() {
     let simulator = Simulator::start(SimulatorConfig::default()).await.unwrap();
-    let adapter = gateway_devices::hikvision::HikvisionAdapter::new(
-        "d1",
-        common::config_for(&simulator),
-    )
-    .unwrap();
+    let adapter =
+        gateway_devices::hikvision::HikvisionAdapter::new("d1", common::config_for(&simulator))
+            .unwrap();
     // Authenticate once, then make every answer slow.
     adapter.execute(&DeviceCommand::Info).await.unwrap();
     simulator.set_latency(Duration::from_millis(50));
     let registry = Arc::new(
         DeviceRegistry::builder()
-            .with_adapter("d1", "hikvision-isapi", Arc::new(adapter), DeviceLimits::default())
+            .with_adapter(
+                "d1",
+                "hikvision-isapi",
+                Arc::new(adapter),
+                DeviceLimits::default(),
+            )
             .build(&RegistryConfig::default())
             .unwrap(),
     );
@@ -371,7 +392,10 @@ async fn a_full_queue_is_refused() {
     }
     // One runs, two wait: the fourth is refused.
     tokio::time::sleep(Duration::from_millis(10)).await;
-    let err = registry.execute("d1", DeviceCommand::Info).await.unwrap_err();
+    let err = registry
+        .execute("d1", DeviceCommand::Info)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Busy { queued: 2, .. }), "{err}");
     for task in tasks {
         task.await.unwrap().unwrap();
@@ -487,16 +511,52 @@ async fn retries_follow_idempotency_and_error_kind() {
     // (command, scripted failures, expected state, expected attempts)
     let door = |action| DeviceCommand::Door { door: 1, action };
     let cases = [
-        (DeviceCommand::Info, vec![transport(), busy()], CommandState::Succeeded, 3),
-        (DeviceCommand::Info, vec![transport(), transport(), transport()], CommandState::Failed, 3),
-        (DeviceCommand::Info, vec![refused()], CommandState::Failed, 1),
-        (DeviceCommand::Reboot, vec![transport()], CommandState::Failed, 1),
-        (door(DoorAction::Open), vec![transport()], CommandState::Failed, 1),
-        (door(DoorAction::Close), vec![transport()], CommandState::Succeeded, 2),
-        (door(DoorAction::AlwaysOpen), vec![busy()], CommandState::Succeeded, 2),
+        (
+            DeviceCommand::Info,
+            vec![transport(), busy()],
+            CommandState::Succeeded,
+            3,
+        ),
+        (
+            DeviceCommand::Info,
+            vec![transport(), transport(), transport()],
+            CommandState::Failed,
+            3,
+        ),
+        (
+            DeviceCommand::Info,
+            vec![refused()],
+            CommandState::Failed,
+            1,
+        ),
+        (
+            DeviceCommand::Reboot,
+            vec![transport()],
+            CommandState::Failed,
+            1,
+        ),
+        (
+            door(DoorAction::Open),
+            vec![transport()],
+            CommandState::Failed,
+            1,
+        ),
+        (
+            door(DoorAction::Close),
+            vec![transport()],
+            CommandState::Succeeded,
+            2,
+        ),
+        (
+            door(DoorAction::AlwaysOpen),
+            vec![busy()],
+            CommandState::Succeeded,
+            2,
+        ),
     ];
     for (command, failures, state, attempts) in cases {
-        let device = Arc::new(ScriptedDevice::new(Duration::from_millis(1)).failing_first(failures));
+        let device =
+            Arc::new(ScriptedDevice::new(Duration::from_millis(1)).failing_first(failures));
         let registry = registry_with(device.clone(), limits.clone());
         let report = registry.execute("d1", command.clone()).await.unwrap();
         assert_eq!(report.state, state, "{command:?}");
@@ -517,7 +577,8 @@ async fn retries_follow_idempotency_and_error_kind() {
 #[tokio::test(start_paused = true)]
 async fn every_transition_is_published_with_timestamps() {
     let clock = ManualClock::new(1_000);
-    let device = Arc::new(ScriptedDevice::new(Duration::from_millis(5)).failing_first(vec![transport()]));
+    let device =
+        Arc::new(ScriptedDevice::new(Duration::from_millis(5)).failing_first(vec![transport()]));
     let registry = DeviceRegistry::builder()
         .with_clock(Arc::new(clock.clone()))
         .with_adapter(

@@ -2,6 +2,7 @@
 //!
 //! Parsers get arbitrary bytes and mutated captures (the shared samples when present, our own
 //! fixtures always); the adapter gets arbitrary answers from the simulator over loopback.
+#![cfg(feature = "simulator")]
 
 mod common;
 
@@ -46,7 +47,8 @@ fn parse_everything(bytes: &[u8]) -> usize {
     if let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) {
         accepted += usize::from(parse_acs_event_item(&value).is_ok());
         accepted += usize::from(DeviceCommand::parse("device.door", &value).is_ok());
-        accepted += usize::from(DeviceRequest::from_control("device.command", None, &value).is_ok());
+        accepted +=
+            usize::from(DeviceRequest::from_control("device.command", None, &value).is_ok());
     }
     let challenges = parse_challenges(&text);
     accepted += usize::from(DigestChallenge::first_in(&challenges).is_some());
@@ -73,7 +75,11 @@ fn the_unmutated_corpus_is_accepted() {
     // A baseline for the mutation test: the originals do parse (the HTTP header capture is
     // mutation material only).
     for input in corpus().into_iter().filter(|i| !i.starts_with(b"HTTP/1.1")) {
-        assert!(parse_everything(&input) > 0, "{}", String::from_utf8_lossy(&input));
+        assert!(
+            parse_everything(&input) > 0,
+            "{}",
+            String::from_utf8_lossy(&input)
+        );
     }
 }
 
@@ -104,7 +110,10 @@ fn mutation() -> impl Strategy<Value = Mutation> {
     ]);
     prop_oneof![
         (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Mutation::Flip(i, b)),
-        (any::<usize>(), prop_oneof![tokens, prop::collection::vec(any::<u8>(), 1..8)])
+        (
+            any::<usize>(),
+            prop_oneof![tokens, prop::collection::vec(any::<u8>(), 1..8)]
+        )
             .prop_map(|(i, t)| Mutation::Insert(i, t)),
         (any::<usize>(), 1usize..40).prop_map(|(i, n)| Mutation::Delete(i, n)),
         any::<usize>().prop_map(Mutation::Truncate),
@@ -187,16 +196,19 @@ fn arbitrary_json() -> impl Strategy<Value = serde_json::Value> {
     let leaf = prop_oneof![
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(|n| Value::from(n)),
+        any::<i64>().prop_map(Value::from),
         (0u64..10).prop_map(Value::from),
-        any::<f64>().prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
-        prop::sample::select(vec!["open", "alwaysOpen", "door", "info", "x", ""]).prop_map(|s| Value::from(s)),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        prop::sample::select(vec!["open", "alwaysOpen", "door", "info", "x", ""])
+            .prop_map(Value::from),
     ];
     leaf.prop_recursive(3, 24, 6, |inner| {
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::Array),
             prop::collection::btree_map(
-                prop::sample::select(vec!["door", "action", "command", "device_id", "extra"]).prop_map(String::from),
+                prop::sample::select(vec!["door", "action", "command", "device_id", "extra"])
+                    .prop_map(String::from),
                 inner,
                 0..4
             )
@@ -208,14 +220,21 @@ fn arbitrary_json() -> impl Strategy<Value = serde_json::Value> {
 /// Arbitrary device answers: a status, a content type, a body that is random, a mutated
 /// capture, or well-formed JSON/XML of the wrong shape; sometimes a random challenge header.
 fn answer() -> impl Strategy<Value = Reply> {
-    let status = prop::sample::select(vec![200u16, 200, 200, 201, 204, 400, 401, 403, 404, 500, 503]);
-    let content_type = prop::sample::select(vec!["application/xml", "application/json", "text/html", ""]);
+    let status = prop::sample::select(vec![
+        200u16, 200, 200, 201, 204, 400, 401, 403, 404, 500, 503,
+    ]);
+    let content_type =
+        prop::sample::select(vec!["application/xml", "application/json", "text/html", ""]);
     let body = prop_oneof![
         prop::collection::vec(any::<u8>(), 0..300),
-        (any::<prop::sample::Index>(), prop::collection::vec(mutation(), 0..4)).prop_map(|(i, m)| {
-            let corpus: Vec<Vec<u8>> = FIXTURES.iter().map(|f| f.as_bytes().to_vec()).collect();
-            apply(corpus[i.index(corpus.len())].clone(), &m)
-        }),
+        (
+            any::<prop::sample::Index>(),
+            prop::collection::vec(mutation(), 0..4)
+        )
+            .prop_map(|(i, m)| {
+                let corpus: Vec<Vec<u8>> = FIXTURES.iter().map(|f| f.as_bytes().to_vec()).collect();
+                apply(corpus[i.index(corpus.len())].clone(), &m)
+            }),
         arbitrary_json().prop_map(|v| v.to_string().into_bytes()),
     ];
     let challenge = prop::option::of(prop_oneof![
@@ -241,7 +260,9 @@ fn the_adapter_never_panics_on_arbitrary_answers() {
         .build()
         .unwrap();
     let simulator = runtime
-        .block_on(gateway_devices::simulator::Simulator::start(SimulatorConfig::default()))
+        .block_on(gateway_devices::simulator::Simulator::start(
+            SimulatorConfig::default(),
+        ))
         .unwrap();
     // No auth backoff, so every case reaches the simulator even after a random 401.
     let mut config = common::config_for(&simulator);

@@ -1,5 +1,6 @@
 //! Every captured sample in `../shared/isapi-samples/`, read in place: the parsers take each
 //! one, and the simulator serves each one to the adapter over loopback.
+#![cfg(feature = "simulator")]
 
 mod common;
 
@@ -9,8 +10,7 @@ use common::{pair, sample, samples_dir, samples_with};
 use gateway_devices::digest::{DigestChallenge, parse_challenges};
 use gateway_devices::hikvision::acs::{SearchStatus, parse_search_page};
 use gateway_devices::hikvision::isapi::{
-    parse_device_info, parse_door_capabilities, parse_response_status, parse_time,
-    parse_user_check,
+    parse_device_info, parse_door_capabilities, parse_response_status, parse_time, parse_user_check,
 };
 use gateway_devices::simulator::{ChallengeStyle, Reply, SimulatorConfig};
 use gateway_devices::{DeviceAdapter, DeviceCommand, DoorAction, Error, EventSource};
@@ -84,16 +84,28 @@ const DEVICE_INFOS: &[(&str, &str, &str, &str, &str)] = &[
 #[test]
 fn device_info_samples_parse() {
     let Some(dir) = samples_dir() else { return };
-    assert_eq!(samples_with(&dir, "deviceInfo-", ".xml").len(), DEVICE_INFOS.len());
+    assert_eq!(
+        samples_with(&dir, "deviceInfo-", ".xml").len(),
+        DEVICE_INFOS.len()
+    );
     for (file, model, firmware, device_type, serial) in DEVICE_INFOS {
         let info = parse_device_info(&sample(&dir, file)).unwrap_or_else(|e| panic!("{file}: {e}"));
         assert_eq!(info.model, *model, "{file}");
         assert_eq!(info.firmware(), *firmware, "{file}");
         assert_eq!(info.device_type.as_deref(), Some(*device_type), "{file}");
-        assert!(info.serial_number.as_deref().unwrap_or("").starts_with(serial), "{file}");
+        assert!(
+            info.serial_number
+                .as_deref()
+                .unwrap_or("")
+                .starts_with(serial),
+            "{file}"
+        );
     }
     let terminal = parse_device_info(&sample(&dir, "deviceInfo-DS-K1T341AM.xml")).unwrap();
-    assert_eq!(terminal.other.get("electroLockNum").map(String::as_str), Some("1"));
+    assert_eq!(
+        terminal.other.get("electroLockNum").map(String::as_str),
+        Some("1")
+    );
     // Empty optional elements are absent, not empty strings.
     let attendance = parse_device_info(&sample(&dir, "deviceInfo-DS-K1A340FWX.xml")).unwrap();
     assert!(!attendance.other.contains_key("customizedInfo"));
@@ -109,12 +121,18 @@ async fn simulator_serves_each_device_info_sample_to_the_adapter() {
             ..SimulatorConfig::default()
         })
         .await;
-        let description = adapter.describe().await.unwrap_or_else(|e| panic!("{file}: {e}"));
+        let description = adapter
+            .describe()
+            .await
+            .unwrap_or_else(|e| panic!("{file}: {e}"));
         assert_eq!(description.vendor, "hikvision");
         assert_eq!(description.model, *model);
         assert_eq!(description.firmware, *firmware);
         assert_eq!(
-            description.details.get("device_type").and_then(|v| v.as_str()),
+            description
+                .details
+                .get("device_type")
+                .and_then(|v| v.as_str()),
             Some(*device_type)
         );
         assert_eq!(
@@ -138,7 +156,10 @@ async fn time_samples_parse_and_are_served() {
         let parsed = time.parsed.expect("localTime parses");
         assert_eq!(parsed.utc_offset_secs, Some(4 * 3600), "{file}");
         // `CST-4:00:00` is UTC+4: the POSIX sign is inverted.
-        assert_eq!(time.posix_time_zone.as_ref().map(|tz| tz.utc_offset_secs), Some(4 * 3600));
+        assert_eq!(
+            time.posix_time_zone.as_ref().map(|tz| tz.utc_offset_secs),
+            Some(4 * 3600)
+        );
 
         let (simulator, adapter) = pair(SimulatorConfig {
             time_xml: Some(text),
@@ -158,8 +179,20 @@ async fn time_samples_parse_and_are_served() {
 
 /// (file, HTTP status it comes with, statusCode, subStatusCode, message)
 const ERROR_STATUSES: &[(&str, u16, &str, &str, &str)] = &[
-    ("responseStatus-badXmlContent.xml", 400, "6", "badXmlContent", "Invalid XML Content"),
-    ("responseStatus-deviceError.xml", 500, "3", "deviceError", "Device Error"),
+    (
+        "responseStatus-badXmlContent.xml",
+        400,
+        "6",
+        "badXmlContent",
+        "Invalid XML Content",
+    ),
+    (
+        "responseStatus-deviceError.xml",
+        500,
+        "3",
+        "deviceError",
+        "Device Error",
+    ),
     (
         "responseStatus-invalidOperation-DS-7616NXI-K2.xml",
         403,
@@ -182,16 +215,25 @@ async fn error_status_samples_map_to_device_errors() {
     let (simulator, adapter) = pair(SimulatorConfig::default()).await;
     for (file, http, code, sub, message) in ERROR_STATUSES {
         let text = sample(&dir, file);
-        let status = parse_response_status(text.as_bytes()).unwrap_or_else(|e| panic!("{file}: {e}"));
-        assert_eq!(status.status_code.map(|c| c.to_string()).as_deref(), Some(*code));
+        let status =
+            parse_response_status(text.as_bytes()).unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(
+            status.status_code.map(|c| c.to_string()).as_deref(),
+            Some(*code)
+        );
         // Served with its HTTP status, and also with 200: statusCode decides.
         for served_with in [*http, 200] {
             simulator.fail_next(1, Reply::raw(served_with, "application/xml", text.clone()));
             let err = adapter
-                .execute(&DeviceCommand::Door { door: 1, action: DoorAction::Close })
+                .execute(&DeviceCommand::Door {
+                    door: 1,
+                    action: DoorAction::Close,
+                })
                 .await
                 .expect_err(file);
-            let Error::Device(device) = err else { panic!("{file}: {err:?}") };
+            let Error::Device(device) = err else {
+                panic!("{file}: {err:?}")
+            };
             assert_eq!(device.http_status, Some(served_with));
             assert_eq!(device.code.as_deref(), Some(*code), "{file}");
             assert_eq!(device.sub_code.as_deref(), Some(*sub), "{file}");
@@ -206,7 +248,10 @@ async fn success_status_samples_are_successes() {
     let Some(dir) = samples_dir() else { return };
     let (simulator, adapter) = pair(SimulatorConfig::default()).await;
     for (file, content_type) in [
-        ("responseStatus-remoteControlDoor-ok-DS-K1T673DX-BR.xml", "application/xml"),
+        (
+            "responseStatus-remoteControlDoor-ok-DS-K1T673DX-BR.xml",
+            "application/xml",
+        ),
         ("responseStatus-ok-garden-gate.json", "application/json"),
     ] {
         let text = sample(&dir, file);
@@ -214,7 +259,10 @@ async fn success_status_samples_are_successes() {
         assert!(status.is_ok(), "{file}");
         simulator.fail_next(1, Reply::raw(200, content_type, text));
         let outcome = adapter
-            .execute(&DeviceCommand::Door { door: 1, action: DoorAction::Open })
+            .execute(&DeviceCommand::Door {
+                door: 1,
+                action: DoorAction::Open,
+            })
             .await
             .unwrap_or_else(|e| panic!("{file}: {e}"));
         assert_eq!(outcome.data["status"]["status_code"], 1);
@@ -239,12 +287,21 @@ async fn door_capabilities_sample_limits_doors_and_commands() {
     })
     .await;
     let err = adapter
-        .validate(&DeviceCommand::Door { door: 3, action: DoorAction::Open })
+        .validate(&DeviceCommand::Door {
+            door: 3,
+            action: DoorAction::Open,
+        })
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::InvalidPayload { ref field, .. } if field == "door"), "{err}");
+    assert!(
+        matches!(err, Error::InvalidPayload { ref field, .. } if field == "door"),
+        "{err}"
+    );
     adapter
-        .validate(&DeviceCommand::Door { door: 2, action: DoorAction::AlwaysClose })
+        .validate(&DeviceCommand::Door {
+            door: 2,
+            action: DoorAction::AlwaysClose,
+        })
         .await
         .unwrap();
     simulator.shutdown().await;
@@ -293,10 +350,19 @@ async fn acs_event_sample_is_parsed_served_and_polled() {
     assert_eq!(first.attributes["event"], "card_authenticated");
     // 2023-06-09T19:05:47+07:00
     assert_eq!(first.timestamp_ms, 1_686_312_347_000);
-    let serials: Vec<&str> = batch.records.iter().map(|r| r.attributes["serial_no"].as_str()).collect();
-    assert_eq!(serials, ["42970", "42976", "42980", "42984", "42987", "42991"]);
+    let serials: Vec<&str> = batch
+        .records
+        .iter()
+        .map(|r| r.attributes["serial_no"].as_str())
+        .collect();
+    assert_eq!(
+        serials,
+        ["42970", "42976", "42980", "42984", "42987", "42991"]
+    );
     // The item is kept whole, every field as sent.
-    let gateway_proto::Body::Json(body) = &first.body else { panic!("json body") };
+    let gateway_proto::Body::Json(body) = &first.body else {
+        panic!("json body")
+    };
     assert_eq!(body["currentVerifyMode"], "cardOrFaceOrFp");
 
     // The sample verbatim as the device's answer.
@@ -320,14 +386,22 @@ async fn simulator_answers_with_the_sample_headers() {
     };
     let (simulator, _) = pair(SimulatorConfig::default()).await;
     let client = reqwest::Client::builder()
-        .tls_backend_preconfigured(gateway_devices::tls::client_config(&Default::default()).unwrap())
+        .tls_backend_preconfigured(
+            gateway_devices::tls::client_config(&Default::default()).unwrap(),
+        )
         .no_proxy()
         .build()
         .unwrap();
-    let url = format!("{}/ISAPI/AccessControl/AcsEvent?format=json", simulator.base_url());
+    let url = format!(
+        "{}/ISAPI/AccessControl/AcsEvent?format=json",
+        simulator.base_url()
+    );
     let first = client.post(&url).body("{}").send().await.unwrap();
     assert_eq!(first.status(), 401);
-    let challenge = first.headers()["www-authenticate"].to_str().unwrap().to_string();
+    let challenge = first.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let mut session = gateway_devices::digest::DigestSession::new(
         DigestChallenge::first_in(&parse_challenges(&challenge)).unwrap(),
     );
@@ -347,7 +421,10 @@ async fn simulator_answers_with_the_sample_headers() {
         .await
         .unwrap();
     assert_eq!(answer.status(), 200);
-    assert_eq!(answer.headers()["content-type"], expected("Content-Type").as_str());
+    assert_eq!(
+        answer.headers()["content-type"],
+        expected("Content-Type").as_str()
+    );
     assert_eq!(answer.headers()["server"], expected("Server").as_str());
     simulator.shutdown().await;
 }
@@ -407,7 +484,10 @@ async fn every_captured_challenge_is_parsed_and_answered_end_to_end() {
         assert!(info.is_ok(), "{header}: {info:?}");
         let stats = simulator.stats();
         assert_eq!(stats.failed_logins, 0, "{header}");
-        assert_eq!(stats.unauthorized, 1, "one challenge, then authenticated: {header}");
+        assert_eq!(
+            stats.unauthorized, 1,
+            "one challenge, then authenticated: {header}"
+        );
         simulator.shutdown().await;
     }
 }

@@ -79,7 +79,11 @@ pub fn parse_search_page(bytes: &[u8], envelope: &str, list: &str) -> Result<Sea
     let items = match body.get(list) {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(items)) => items.clone(),
-        Some(_) => return Err(Error::protocol(format!("`{envelope}.{list}` is not an array"))),
+        Some(_) => {
+            return Err(Error::protocol(format!(
+                "`{envelope}.{list}` is not an array"
+            )));
+        }
     };
     let num_of_matches = body
         .get("numOfMatches")
@@ -161,8 +165,9 @@ pub fn parse_acs_event_item(item: &Value) -> Result<AcsEventItem, Error> {
         .get("time")
         .and_then(Value::as_str)
         .ok_or_else(|| Error::protocol("an InfoList item has no `time`"))?;
-    let parsed_time = parse_datetime(time)
-        .ok_or_else(|| Error::protocol(format!("an InfoList item has an unreadable time `{time}`")))?;
+    let parsed_time = parse_datetime(time).ok_or_else(|| {
+        Error::protocol(format!("an InfoList item has an unreadable time `{time}`"))
+    })?;
     let serial_no = u64::try_from(number("serialNo")?)
         .map_err(|_| Error::protocol("an InfoList item has a negative serialNo"))?;
     Ok(AcsEventItem {
@@ -190,6 +195,8 @@ pub fn event_name(major: i64, minor: i64) -> Option<&'static str> {
         (5, 76) => "face_authentication_failed",
         (3, 1024) => "remote_open_door",
         (3, 1025) => "remote_close_door",
+        (3, 1026) => "remote_always_open",
+        (3, 1027) => "remote_always_close",
         _ => return None,
     })
 }
@@ -299,8 +306,10 @@ mod tests {
     use super::*;
 
     fn item(serial: u64, time: &str) -> AcsEventItem {
-        parse_acs_event_item(&json!({"major": 5, "minor": 21, "time": time, "serialNo": serial, "doorNo": 1}))
-            .unwrap()
+        parse_acs_event_item(
+            &json!({"major": 5, "minor": 21, "time": time, "serialNo": serial, "doorNo": 1}),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -314,7 +323,14 @@ mod tests {
         assert_eq!(page.status, SearchStatus::NoMatch);
         assert!(page.items.is_empty());
         assert!(parse_search_page(b"{}", "AcsEvent", "InfoList").is_err());
-        assert!(parse_search_page(br#"{"AcsEvent": {"responseStatusStrg": "OK", "InfoList": 3}}"#, "AcsEvent", "InfoList").is_err());
+        assert!(
+            parse_search_page(
+                br#"{"AcsEvent": {"responseStatusStrg": "OK", "InfoList": 3}}"#,
+                "AcsEvent",
+                "InfoList"
+            )
+            .is_err()
+        );
     }
 
     #[test]
@@ -325,7 +341,10 @@ mod tests {
         let cursor = AcsCursor::after(&a);
         assert!(!cursor.precedes(&a));
         assert!(cursor.precedes(&b));
-        assert!(cursor.precedes(&c), "a serial reset with a later time still counts");
+        assert!(
+            cursor.precedes(&c),
+            "a serial reset with a later time still counts"
+        );
         let stored = cursor.to_cursor();
         assert_eq!(AcsCursor::from_cursor(&stored).unwrap(), cursor);
         assert!(AcsCursor::from_cursor(&EventCursor::new("garbage")).is_err());

@@ -128,7 +128,10 @@ impl HikvisionAdapter {
 
     /// `GET /ISAPI/System/deviceInfo`.
     pub async fn device_info(&self) -> Result<DeviceInfo, Error> {
-        let response = self.client.send(Method::GET, paths::DEVICE_INFO, None).await?;
+        let response = self
+            .client
+            .send(Method::GET, paths::DEVICE_INFO, None)
+            .await?;
         document(&response, parse_device_info)
     }
 
@@ -162,12 +165,20 @@ impl HikvisionAdapter {
     }
 
     /// `PUT .../RemoteControl/door/{door}` with a `RemoteControlDoor` body.
-    pub async fn control_door(&self, door: u32, action: DoorAction) -> Result<ResponseStatus, Error> {
+    pub async fn control_door(
+        &self,
+        door: u32,
+        action: DoorAction,
+    ) -> Result<ResponseStatus, Error> {
         let body = remote_control_door_body(isapi_door_cmd(action));
         let path = format!("{}{door}", paths::DOOR_PREFIX);
         let response = self
             .client
-            .send(Method::PUT, &path, Some(("application/xml", Bytes::from(body))))
+            .send(
+                Method::PUT,
+                &path,
+                Some(("application/xml", Bytes::from(body))),
+            )
             .await?;
         status_of(&response)
     }
@@ -205,7 +216,9 @@ impl HikvisionAdapter {
         parse_search_page(&response.body, "AcsEvent", "InfoList").map_err(|e| {
             // A 200 carrying an error status instead of a page.
             match parse_response_status(&response.body) {
-                Ok(status) if !status.is_ok() => Error::Device(status.to_device_error(response.status)),
+                Ok(status) if !status.is_ok() => {
+                    Error::Device(status.to_device_error(response.status))
+                }
                 _ => e,
             }
         })
@@ -262,7 +275,10 @@ impl HikvisionAdapter {
             data.insert("time_zone".into(), json!(zone));
         }
         if let Some(tz) = &time.posix_time_zone {
-            data.insert("time_zone_utc_offset_secs".into(), json!(tz.utc_offset_secs));
+            data.insert(
+                "time_zone_utc_offset_secs".into(),
+                json!(tz.utc_offset_secs),
+            );
         }
         if let Some(parsed) = time.parsed {
             data.insert("unix_ms".into(), json!(parsed.unix_ms));
@@ -271,7 +287,10 @@ impl HikvisionAdapter {
             }
             data.insert("clock_skew_ms".into(), json!(parsed.unix_ms - now));
         }
-        DeviceOutcome::new(format!("device time {}", time.local_time), Value::Object(data))
+        DeviceOutcome::new(
+            format!("device time {}", time.local_time),
+            Value::Object(data),
+        )
     }
 
     fn initial_start(&self) -> (String, Option<AcsCursor>) {
@@ -325,7 +344,10 @@ impl DeviceAdapter for HikvisionAdapter {
             return Err(Error::payload(
                 "door",
                 "door",
-                format!("device `{}` has doors {min} to {max}, not {door}", self.device_id),
+                format!(
+                    "device `{}` has doors {min} to {max}, not {door}",
+                    self.device_id
+                ),
             ));
         }
         if let Some(commands) = &capabilities.commands {
@@ -391,7 +413,10 @@ impl DeviceAdapter for HikvisionAdapter {
     }
 
     fn events(&self) -> Option<&dyn EventSource> {
-        self.config.events.enabled.then_some(self as &dyn EventSource)
+        self.config
+            .events
+            .enabled
+            .then_some(self as &dyn EventSource)
     }
 }
 
@@ -418,7 +443,13 @@ impl EventSource for HikvisionAdapter {
         let mut more = false;
         for page_number in 0..options.max_pages_per_poll {
             let page = self
-                .search_events(&search_id, position, options.page_size, &start_time, &end_time)
+                .search_events(
+                    &search_id,
+                    position,
+                    options.page_size,
+                    &start_time,
+                    &end_time,
+                )
                 .await?;
             let mut items = Vec::with_capacity(page.items.len());
             for raw in &page.items {

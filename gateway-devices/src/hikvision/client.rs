@@ -173,9 +173,7 @@ impl IsapiClient {
                     debug!(device = %self.device_id, realm = %challenge.realm, "digest challenge received");
                     fresh = true;
                 }
-                (Sent::Digest { .. }, Some(challenge))
-                    if challenge.stale && stale_retries < 2 =>
-                {
+                (Sent::Digest { .. }, Some(challenge)) if challenge.stale && stale_retries < 2 => {
                     debug!(device = %self.device_id, "nonce is stale; answering the new challenge");
                     stale_retries += 1;
                     let _ = challenge;

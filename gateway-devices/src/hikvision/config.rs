@@ -276,7 +276,13 @@ mod tests {
         }
         let mut bad_page = HikvisionConfig::new("http://x", "a", "b");
         bad_page.events.page_size = 0;
-        assert!(bad_page.validate().unwrap_err().to_string().contains("events.page_size"));
+        assert!(
+            bad_page
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("events.page_size")
+        );
     }
 
     #[test]
@@ -293,6 +299,9 @@ mod tests {
             serde_json::from_value(json!({"start": "2024-01-01T00:00:00+02:00"})).unwrap();
         assert!(matches!(options.start, EventStart::At(_)));
         assert!(serde_json::from_value::<EventOptions>(json!({"start": "yesterday"})).is_err());
-        assert!(serde_json::from_value::<EventOptions>(json!({"start": "2024-01-01T00:00:00"})).is_err());
+        assert!(
+            serde_json::from_value::<EventOptions>(json!({"start": "2024-01-01T00:00:00"}))
+                .is_err()
+        );
     }
 }

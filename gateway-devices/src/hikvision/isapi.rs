@@ -298,13 +298,16 @@ pub fn parse_door_capabilities(text: &str) -> Result<DoorCapabilities, Error> {
         door.and_then(|d| d.attribute(name))
             .and_then(|v| v.trim().parse::<u32>().ok())
     };
-    let commands = root.child("cmd").and_then(|c| c.attribute("opt")).map(|opt| {
-        opt.split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect()
-    });
+    let commands = root
+        .child("cmd")
+        .and_then(|c| c.attribute("opt"))
+        .map(|opt| {
+            opt.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect()
+        });
     Ok(DoorCapabilities {
         door_min: bound("min"),
         door_max: bound("max"),
@@ -350,7 +353,9 @@ pub struct UserCheck {
 impl UserCheck {
     /// The lockout facts, when the body had any.
     pub fn lockout(&self) -> Option<Lockout> {
-        if self.lock_status.is_none() && self.unlock_time.is_none() && self.retry_login_time.is_none()
+        if self.lock_status.is_none()
+            && self.unlock_time.is_none()
+            && self.retry_login_time.is_none()
         {
             return None;
         }
@@ -426,7 +431,12 @@ mod tests {
 
     #[test]
     fn response_status_in_both_forms() {
-        let xml = response_status_xml("/ISAPI/System/reboot", 4, "Invalid Operation", "invalidOperation");
+        let xml = response_status_xml(
+            "/ISAPI/System/reboot",
+            4,
+            "Invalid Operation",
+            "invalidOperation",
+        );
         let status = parse_response_status(xml.as_bytes()).unwrap();
         assert_eq!(status.status_code, Some(4));
         let error = status.to_device_error(403);
@@ -448,6 +458,9 @@ mod tests {
         };
         let parsed = parse_user_check(&user_check_body(Some(&lock))).unwrap();
         assert_eq!(parsed.lockout(), Some(lock));
-        assert_eq!(parse_user_check(&user_check_body(None)).unwrap().lockout(), None);
+        assert_eq!(
+            parse_user_check(&user_check_body(None)).unwrap().lockout(),
+            None
+        );
     }
 }

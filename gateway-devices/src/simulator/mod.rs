@@ -290,7 +290,12 @@ impl std::fmt::Debug for Simulator {
 impl Simulator {
     /// Start on `127.0.0.1` with a free port, using the system clock.
     pub async fn start(config: SimulatorConfig) -> Result<Simulator, Error> {
-        Self::bind(SocketAddr::from(([127, 0, 0, 1], 0)), config, Arc::new(SystemClock)).await
+        Self::bind(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            config,
+            Arc::new(SystemClock),
+        )
+        .await
     }
 
     /// Start on `addr` with a clock for device time and event timestamps.

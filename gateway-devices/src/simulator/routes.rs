@@ -185,7 +185,11 @@ fn json_response(status: StatusCode, body: Value) -> Response {
 }
 
 async fn not_found() -> Response {
-    (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/html")], "Document Error: Not Found")
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CONTENT_TYPE, "text/html")],
+        "Document Error: Not Found",
+    )
         .into_response()
 }
 
@@ -193,7 +197,12 @@ async fn method_not_allowed(request: Request) -> Response {
     // Real devices answer a wrong method with statusCode 4 and HTTP 403.
     xml(
         StatusCode::FORBIDDEN,
-        response_status_xml(&target(&request), 4, "Invalid Operation", "methodNotAllowed"),
+        response_status_xml(
+            &target(&request),
+            4,
+            "Invalid Operation",
+            "methodNotAllowed",
+        ),
     )
 }
 
@@ -256,7 +265,10 @@ async fn door_capabilities(State(state): State<Shared>) -> Response {
 async fn door(State(state): State<Shared>, Path(door): Path<String>, body: Bytes) -> Response {
     let uri = format!("{}{door}", paths::DOOR_PREFIX);
     let bad = |code: i64, text: &str, sub: &str| {
-        xml(StatusCode::BAD_REQUEST, response_status_xml(&uri, code, text, sub))
+        xml(
+            StatusCode::BAD_REQUEST,
+            response_status_xml(&uri, code, text, sub),
+        )
     };
     let Ok(door) = door.parse::<u32>() else {
         return bad(6, "Invalid XML Content", "badParameters");

@@ -23,9 +23,10 @@ use crate::Error;
 pub(crate) struct ConnectionKill(pub(crate) Arc<Notify>);
 
 pub(crate) fn tls_acceptor(tls: &SimulatorTls) -> Result<TlsAcceptor, Error> {
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(tls.cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .map_err(|e| Error::config("tls.cert_pem", format!("not PEM: {e}")))?;
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(tls.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(|e| Error::config("tls.cert_pem", format!("not PEM: {e}")))?;
     if certs.is_empty() {
         return Err(Error::config("tls.cert_pem", "holds no certificate"));
     }
@@ -84,8 +85,8 @@ where
     let kill = Arc::new(Notify::new());
     let service =
         TowerToHyperService::new(router.layer(axum::Extension(ConnectionKill(kill.clone()))));
-    let conn = hyper::server::conn::http1::Builder::new()
-        .serve_connection(TokioIo::new(stream), service);
+    let conn =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
     tokio::select! {
         _ = conn => {}
         _ = kill.notified() => {}

@@ -195,7 +195,9 @@ impl SimState {
     pub(crate) fn request_started(&self) {
         self.counters.requests.fetch_add(1, Ordering::SeqCst);
         let now = self.counters.concurrent.fetch_add(1, Ordering::SeqCst) + 1;
-        self.counters.max_concurrent.fetch_max(now, Ordering::SeqCst);
+        self.counters
+            .max_concurrent
+            .fetch_max(now, Ordering::SeqCst);
     }
 
     pub(crate) fn request_finished(&self, record: RequestRecord) {
@@ -315,7 +317,10 @@ impl SimState {
                 .any(|c| c.param("realm") == Some(answer.realm.as_str())),
             _ => answer.realm == config.realm,
         };
-        if answer.username != config.username || !realm_ok || !answer.verify(method, &config.password) {
+        if answer.username != config.username
+            || !realm_ok
+            || !answer.verify(method, &config.password)
+        {
             return self.wrong_login(&mut auth);
         }
         let ttl = Duration::from_millis(config.nonce_ttl_ms);
@@ -351,7 +356,8 @@ impl SimState {
         auth.failed_in_a_row += 1;
         let limit = self.config.lockout_after;
         if limit > 0 && auth.failed_in_a_row >= limit {
-            auth.locked_until = Some(Instant::now() + Duration::from_millis(self.config.lockout_ms));
+            auth.locked_until =
+                Some(Instant::now() + Duration::from_millis(self.config.lockout_ms));
             let secs = self.config.lockout_ms / 1000;
             return self.challenge(auth, false, Some((true, secs, 0)));
         }
@@ -364,7 +370,12 @@ impl SimState {
     }
 
     /// A 401 with a new nonce. `lock` = (locked, unlock secs, retries left) for the body.
-    fn challenge(&self, auth: &mut Auth, stale: bool, lock: Option<(bool, u64, u64)>) -> AuthDecision {
+    fn challenge(
+        &self,
+        auth: &mut Auth,
+        stale: bool,
+        lock: Option<(bool, u64, u64)>,
+    ) -> AuthDecision {
         self.counters.unauthorized.fetch_add(1, Ordering::SeqCst);
         let config = &self.config;
         let body = match &config.unauthorized_body {
@@ -458,7 +469,11 @@ impl SimState {
             sim.state = state;
             sim.opened_at = (state == DoorState::Open).then(Instant::now);
         }
-        self.push_event(3, minor, json!({"doorNo": door, "netUser": self.config.username}));
+        self.push_event(
+            3,
+            minor,
+            json!({"doorNo": door, "netUser": self.config.username}),
+        );
         Ok(())
     }
 
@@ -520,7 +535,11 @@ impl SimState {
     }
 
     pub(crate) fn events(&self) -> Vec<Value> {
-        lock(&self.log).events.iter().map(|e| e.item.clone()).collect()
+        lock(&self.log)
+            .events
+            .iter()
+            .map(|e| e.item.clone())
+            .collect()
     }
 
     /// Events matching a search, oldest first (or newest first).
