@@ -244,7 +244,7 @@ impl GatewayClient {
         config: GatewayClientConfig,
         journal: impl CommandJournal,
     ) -> Result<(GatewayHandle, GatewayEvents), Error> {
-        Self::spawn_with_tls(config, journal, default_tls_config()?)
+        GatewayClientBuilder::new(config, journal).spawn()
     }
 
     /// Start the client with this TLS config (e.g. a private CA for the server).
@@ -253,14 +253,84 @@ impl GatewayClient {
         journal: impl CommandJournal,
         tls: Arc<rustls::ClientConfig>,
     ) -> Result<(GatewayHandle, GatewayEvents), Error> {
-        config.validate()?;
-        let session = GatewaySession::new(config.session.clone(), journal)?;
+        GatewayClientBuilder::new(config, journal).tls(tls).spawn()
+    }
+
+    /// A builder, to set the state the first `hello` and heartbeat carry before starting.
+    pub fn builder(
+        config: GatewayClientConfig,
+        journal: impl CommandJournal,
+    ) -> GatewayClientBuilder {
+        GatewayClientBuilder::new(config, journal)
+    }
+}
+
+/// Builds a [`GatewayClient`]: the applied policies and status for the first `hello` and
+/// heartbeat, the TLS config. Then [`spawn`](Self::spawn).
+pub struct GatewayClientBuilder {
+    config: GatewayClientConfig,
+    journal: Box<dyn CommandJournal>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    applied_policies: Vec<AppliedPolicy>,
+    status: Option<StatusSnapshot>,
+}
+
+impl std::fmt::Debug for GatewayClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayClientBuilder")
+            .field("url", &self.config.url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GatewayClientBuilder {
+    /// A builder with no policies, an empty status and [`default_tls_config`].
+    pub fn new(config: GatewayClientConfig, journal: impl CommandJournal) -> Self {
+        GatewayClientBuilder {
+            config,
+            journal: Box::new(journal),
+            tls: None,
+            applied_policies: Vec::new(),
+            status: None,
+        }
+    }
+
+    /// Use this TLS config.
+    pub fn tls(mut self, tls: Arc<rustls::ClientConfig>) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// The policies the gateway runs, for the first `hello`.
+    pub fn applied_policies(mut self, policies: Vec<AppliedPolicy>) -> Self {
+        self.applied_policies = policies;
+        self
+    }
+
+    /// The status for the first heartbeat.
+    pub fn status(mut self, status: StatusSnapshot) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// Start the client on the current tokio runtime.
+    pub fn spawn(self) -> Result<(GatewayHandle, GatewayEvents), Error> {
+        self.config.validate()?;
+        let tls = match self.tls {
+            Some(tls) => tls,
+            None => default_tls_config()?,
+        };
+        let mut session = GatewaySession::new(self.config.session.clone(), self.journal)?;
+        session.set_applied_policies(self.applied_policies);
+        if let Some(status) = self.status {
+            session.set_status(status);
+        }
         let (requests_tx, requests) = mpsc::unbounded_channel();
         let (events_tx, events) = mpsc::unbounded_channel();
         let (state_tx, state) = watch::channel(session.state());
         let driver = Driver {
             session,
-            config,
+            config: self.config,
             tls,
             ws: None,
             requests,

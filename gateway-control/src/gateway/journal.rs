@@ -143,6 +143,33 @@ pub trait CommandJournal: Send + 'static {
     fn last_command_id(&self) -> Result<Option<CommandId>, Error>;
 }
 
+impl CommandJournal for Box<dyn CommandJournal> {
+    fn get(&self, id: &CommandId) -> Result<Option<JournalEntry>, Error> {
+        (**self).get(id)
+    }
+    fn record_received(&mut self, id: &CommandId, kind: &str) -> Result<(), Error> {
+        (**self).record_received(id, kind)
+    }
+    fn record_progress(&mut self, id: &CommandId) -> Result<(), Error> {
+        (**self).record_progress(id)
+    }
+    fn record_outcome(&mut self, id: &CommandId, outcome: &Outcome) -> Result<(), Error> {
+        (**self).record_outcome(id, outcome)
+    }
+    fn mark_ack_sent(&mut self, id: &CommandId) -> Result<(), Error> {
+        (**self).mark_ack_sent(id)
+    }
+    fn pending_acks(&self) -> Result<Vec<(CommandId, Outcome)>, Error> {
+        (**self).pending_acks()
+    }
+    fn running(&self) -> Result<Vec<CommandId>, Error> {
+        (**self).running()
+    }
+    fn last_command_id(&self) -> Result<Option<CommandId>, Error> {
+        (**self).last_command_id()
+    }
+}
+
 /// Settings of [`SqliteJournal`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]

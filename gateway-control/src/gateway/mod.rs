@@ -8,8 +8,8 @@ mod rest;
 mod session;
 
 pub use driver::{
-    GatewayClient, GatewayClientConfig, GatewayEvents, GatewayHandle, WireEncoding,
-    default_tls_config,
+    GatewayClient, GatewayClientBuilder, GatewayClientConfig, GatewayEvents, GatewayHandle,
+    WireEncoding, default_tls_config,
 };
 pub use journal::{
     CommandJournal, JournalConfig, JournalEntry, MemoryJournal, Outcome, OutcomeState,

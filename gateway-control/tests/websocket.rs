@@ -1,0 +1,694 @@
+//! The drivers over real WebSockets and HTTP on loopback: a server in its own tokio runtime
+//! (dropping the runtime is a crash: every task and socket goes at once), gateways on the
+//! test's runtime.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{SinkExt, StreamExt};
+use gateway_control::gateway::{
+    GatewayClient, GatewayClientConfig, GatewayEvents, GatewayHandle, MemoryJournal, Outcome,
+    RestFallbackClient, RestPoller, SqliteJournal, WireEncoding,
+};
+use gateway_control::server::{
+    EventLog, EventLogConfig, Hub, HubConfig, HubEvent, NewCommand, QueueConfig,
+    SqliteCommandQueue, Transport, event_routes,
+};
+use gateway_control::{CommandState, ConnectionState, Error, GatewayEvent};
+use gateway_proto::auth::{Principal, Role, StaticTokens};
+use gateway_proto::clock::{Clock, SystemClock};
+use gateway_proto::{
+    ControlFrame, Encoding, ErrorCode, Hello, PROTOCOL_VERSION, PolicyContent, PolicyState,
+    PolicyStatus, PolicyUpdate, WireMessage,
+};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+const TIMEOUT: Duration = Duration::from_secs(15);
+
+fn tokens() -> Arc<StaticTokens> {
+    Arc::new(
+        StaticTokens::new()
+            .with("gw-1-token", Principal::new("acme", "gw-1", Role::Gateway))
+            .with("gw-2-token", Principal::new("acme", "gw-2", Role::Gateway))
+            .with("admin-token", Principal::new("acme", "ops", Role::Admin)),
+    )
+}
+
+struct TestServer {
+    addr: SocketAddr,
+    hub: Hub,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl TestServer {
+    fn start(dir: &Path, addr: Option<SocketAddr>, config: HubConfig) -> TestServer {
+        let queue_path: PathBuf = dir.join("queue.db");
+        // Built on a thread of its own: the tests run inside another runtime.
+        std::thread::spawn(move || Self::start_here(queue_path, addr, config))
+            .join()
+            .unwrap()
+    }
+
+    fn start_here(queue_path: PathBuf, addr: Option<SocketAddr>, config: HubConfig) -> TestServer {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (hub, addr) = runtime.block_on(async move {
+            let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+            let queue = SqliteCommandQueue::open(queue_path, QueueConfig::default()).unwrap();
+            let events = EventLog::in_memory(EventLogConfig::default(), clock.clone()).unwrap();
+            let auth = tokens();
+            let hub =
+                Hub::new(config, Arc::new(queue), events.clone(), auth.clone(), clock).unwrap();
+            hub.spawn_timers();
+            let app = hub
+                .router()
+                .merge(hub.operator_router())
+                .merge(event_routes(events, auth));
+            let bind = addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap());
+            let listener = tokio::net::TcpListener::bind(bind).await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move { axum::serve(listener, app).await });
+            (hub, addr)
+        });
+        TestServer {
+            addr,
+            hub,
+            runtime: Some(runtime),
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("ws://{}/v1/control", self.addr)
+    }
+
+    fn http(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn crash(mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+fn fast_hub() -> HubConfig {
+    let mut config = HubConfig::default();
+    config.session.heartbeat_interval_ms = 300;
+    config
+}
+
+fn client_config(
+    url: &str,
+    gateway: &str,
+    token: &str,
+    encoding: WireEncoding,
+) -> GatewayClientConfig {
+    let mut config = GatewayClientConfig {
+        url: url.into(),
+        token: token.into(),
+        encoding,
+        ..Default::default()
+    };
+    config.session.gateway_id = gateway.into();
+    config.session.backoff.base_ms = 100;
+    config.session.backoff.cap_ms = 500;
+    config.session.backoff.seed = Some(7);
+    config.connect_timeout_ms = 2_000;
+    config
+}
+
+async fn next_event(
+    events: &mut GatewayEvents,
+    pred: impl Fn(&GatewayEvent) -> bool,
+) -> GatewayEvent {
+    tokio::time::timeout(TIMEOUT, async {
+        loop {
+            let event = events.recv().await.expect("driver running");
+            if pred(&event) {
+                return event;
+            }
+        }
+    })
+    .await
+    .expect("event in time")
+}
+
+async fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !check() {
+        assert!(start.elapsed() < TIMEOUT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn run_commands(handle: GatewayHandle, mut events: GatewayEvents) {
+    while let Some(event) = events.recv().await {
+        if let GatewayEvent::Command(command) = event {
+            let outcome =
+                Outcome::succeeded().with_result(serde_json::json!({"kind": command.kind}));
+            handle.report_outcome(command.id, outcome).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_after_a_server_crash_and_gets_commands_issued_while_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), None, fast_hub());
+    let addr = server.addr;
+    let journal = SqliteJournal::open(dir.path().join("journal.db"), Default::default()).unwrap();
+    let (handle, events) = GatewayClient::spawn(
+        client_config(&server.url(), "gw-1", "gw-1-token", WireEncoding::Json),
+        journal,
+    )
+    .unwrap();
+    let mut state = handle.watch_state();
+    tokio::time::timeout(TIMEOUT, handle.wait_established())
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::spawn(run_commands(handle.clone(), events));
+
+    let first = server
+        .hub
+        .enqueue(NewCommand::new("gw-1", "flush"))
+        .unwrap()
+        .id;
+    let hub = server.hub.clone();
+    wait_for("first command", || {
+        hub.command(&first).unwrap().unwrap().state == CommandState::Succeeded
+    })
+    .await;
+
+    server.crash();
+    tokio::time::timeout(
+        TIMEOUT,
+        state.wait_for(|s| !matches!(s, ConnectionState::Established { .. })),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    // While the gateway is cut off, the restarted server takes a command for it (the first
+    // connect attempts after the crash are refused: nothing listens).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let server = TestServer::start(dir.path(), Some(addr), fast_hub());
+    let second = server
+        .hub
+        .enqueue(NewCommand::new("gw-1", "door.open"))
+        .unwrap()
+        .id;
+    // The control channel coming back is visible to whoever watches the state (the uplink).
+    tokio::time::timeout(
+        TIMEOUT,
+        state.wait_for(|s| matches!(s, ConnectionState::Established { .. })),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let hub = server.hub.clone();
+    wait_for("command issued while offline", || {
+        hub.command(&second).unwrap().unwrap().state == CommandState::Succeeded
+    })
+    .await;
+    let record = server.hub.command(&second).unwrap().unwrap();
+    assert_eq!(
+        record.result,
+        Some(serde_json::json!({"kind": "door.open"}))
+    );
+    assert_eq!(
+        server.hub.command(&first).unwrap().unwrap().state,
+        CommandState::Succeeded,
+        "the first command's state survived the crash"
+    );
+    handle.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_gateway_is_marked_offline_within_one_and_a_half_intervals() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), None, fast_hub());
+    let mut log = server.hub.events().subscribe(None).live;
+    // A raw client: hello, then silence with the socket open.
+    let mut ws = raw_connect(&server.url(), "gw-1-token", Encoding::Json).await;
+    send(&mut ws, &hello("gw-1"), Encoding::Json).await;
+    let welcome = recv(&mut ws, Encoding::Json).await;
+    assert!(matches!(welcome, ControlFrame::Welcome(_)), "{welcome:?}");
+    let online_at = Instant::now();
+    let offline = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            let event = log.recv().await.unwrap();
+            if event.kind == "gateway.offline" {
+                return event;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let elapsed = online_at.elapsed();
+    let silent_ms =
+        offline.data["at_ms"].as_i64().unwrap() - offline.data["last_seen_ms"].as_i64().unwrap();
+    // Bound: 1.5 × 300 ms = 450 ms after the last sign of life (plus scheduling slack).
+    assert!(
+        silent_ms >= 450,
+        "offline after only {silent_ms} ms of silence"
+    );
+    assert!(
+        silent_ms <= 450 + 250,
+        "offline only after {silent_ms} ms of silence"
+    );
+    assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+    assert!(!server.hub.presence("gw-1").unwrap().online);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_or_missing_tokens_are_refused_with_an_error_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), None, fast_hub());
+    let (handle, mut events) = GatewayClient::spawn(
+        client_config(&server.url(), "gw-1", "guessed", WireEncoding::Json),
+        MemoryJournal::new(),
+    )
+    .unwrap();
+    let failed = next_event(&mut events, |e| {
+        matches!(e, GatewayEvent::ConnectFailed { .. })
+    })
+    .await;
+    let GatewayEvent::ConnectFailed { reason } = failed else {
+        unreachable!()
+    };
+    assert!(reason.contains("403"), "{reason}");
+    assert!(!server.hub.is_connected("gw-1"));
+    handle.close();
+
+    let http = http_client();
+    let response = http
+        .get(format!("{}/v1/control", server.http()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "unauthorized");
+    // An operator token is not a gateway token.
+    let response = http
+        .get(format!("{}/v1/control", server.http()))
+        .bearer_auth("admin-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    // A gateway token without an upgrade.
+    let response = http
+        .get(format!("{}/v1/control", server.http()))
+        .bearer_auth("gw-1-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "invalid_request");
+}
+
+fn http_client() -> reqwest::Client {
+    let tls = gateway_control::gateway::default_tls_config().unwrap();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured((*tls).clone())
+        .build()
+        .unwrap()
+}
+
+type RawWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn raw_connect(url: &str, token: &str, encoding: Encoding) -> RawWs {
+    let mut request = url.into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    request.headers_mut().insert(
+        "sec-websocket-protocol",
+        encoding.subprotocol().parse().unwrap(),
+    );
+    let (ws, response) = tokio_tungstenite::connect_async(request).await.unwrap();
+    assert_eq!(
+        response.headers()["sec-websocket-protocol"],
+        encoding.subprotocol()
+    );
+    ws
+}
+
+fn hello(gateway: &str) -> ControlFrame {
+    ControlFrame::Hello(Hello {
+        gateway_id: gateway.into(),
+        protocol_version: PROTOCOL_VERSION,
+        min_protocol_version: 1,
+        capabilities: vec![],
+        applied_policies: vec![],
+        last_command_id: None,
+        software: "raw-test".into(),
+    })
+}
+
+async fn send(ws: &mut RawWs, frame: &ControlFrame, encoding: Encoding) {
+    let message = match encoding {
+        Encoding::Json => Message::text(String::from_utf8(frame.to_json()).unwrap()),
+        Encoding::Protobuf => Message::binary(frame.to_protobuf()),
+    };
+    ws.send(message).await.unwrap();
+}
+
+async fn recv_message(ws: &mut RawWs) -> Message {
+    tokio::time::timeout(TIMEOUT, ws.next())
+        .await
+        .expect("a message in time")
+        .expect("stream open")
+        .expect("no error")
+}
+
+async fn recv(ws: &mut RawWs, encoding: Encoding) -> ControlFrame {
+    loop {
+        let bytes = match recv_message(ws).await {
+            Message::Text(t) => t.as_bytes().to_vec(),
+            Message::Binary(b) => b.to_vec(),
+            Message::Close(c) => panic!("closed: {c:?}"),
+            _ => continue,
+        };
+        return ControlFrame::decode(&bytes, encoding).unwrap();
+    }
+}
+
+fn error_code(frame: &ControlFrame) -> ErrorCode {
+    match frame {
+        ControlFrame::Error(e) => e.code.clone(),
+        other => panic!("expected an error frame, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_frames_get_error_frames_and_the_connection_stays_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), None, fast_hub());
+
+    let mut ws = raw_connect(&server.url(), "gw-1-token", Encoding::Json).await;
+    ws.send(Message::text("this is not json")).await.unwrap();
+    assert_eq!(
+        error_code(&recv(&mut ws, Encoding::Json).await),
+        ErrorCode::MalformedFrame
+    );
+    ws.send(Message::text(r#"{"type":"teleport","to":"mars"}"#))
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(&recv(&mut ws, Encoding::Json).await),
+        ErrorCode::UnknownFrame
+    );
+    send(
+        &mut ws,
+        &ControlFrame::Heartbeat(gateway_proto::Heartbeat {
+            seq: 1,
+            status: gateway_control::gateway::empty_status(),
+        }),
+        Encoding::Json,
+    )
+    .await;
+    assert_eq!(
+        error_code(&recv(&mut ws, Encoding::Json).await),
+        ErrorCode::UnexpectedFrame
+    );
+    // Still up: the handshake works on the same connection.
+    send(&mut ws, &hello("gw-1"), Encoding::Json).await;
+    assert!(matches!(
+        recv(&mut ws, Encoding::Json).await,
+        ControlFrame::Welcome(_)
+    ));
+    ws.send(Message::text("{}")).await.unwrap();
+    assert_eq!(
+        error_code(&recv(&mut ws, Encoding::Json).await),
+        ErrorCode::MalformedFrame
+    );
+
+    // The same over protobuf.
+    let mut ws = raw_connect(&server.url(), "gw-2-token", Encoding::Protobuf).await;
+    ws.send(Message::binary(vec![0xff, 0x01, 0x02]))
+        .await
+        .unwrap();
+    let code = error_code(&recv(&mut ws, Encoding::Protobuf).await);
+    assert!(
+        matches!(code, ErrorCode::MalformedFrame | ErrorCode::UnknownFrame),
+        "{code:?}"
+    );
+    send(&mut ws, &hello("gw-2"), Encoding::Protobuf).await;
+    assert!(matches!(
+        recv(&mut ws, Encoding::Protobuf).await,
+        ControlFrame::Welcome(_)
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hello_claiming_another_gateway_gets_identity_mismatch_and_a_close() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), None, fast_hub());
+    let mut ws = raw_connect(&server.url(), "gw-1-token", Encoding::Json).await;
+    send(&mut ws, &hello("gw-2"), Encoding::Json).await;
+    assert_eq!(
+        error_code(&recv(&mut ws, Encoding::Json).await),
+        ErrorCode::IdentityMismatch
+    );
+    match recv_message(&mut ws).await {
+        Message::Close(Some(frame)) => assert_eq!(u16::from(frame.code), 1008),
+        other => panic!("expected a close, got {other:?}"),
+    }
+    assert!(!server.hub.is_connected("gw-1"));
+    assert!(!server.hub.is_connected("gw-2"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applications_exchange_policy_frames_through_the_hub_over_protobuf() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), None, fast_hub());
+    let mut hub_events = server.hub.subscribe();
+    let (handle, mut events) = GatewayClient::builder(
+        client_config(&server.url(), "gw-1", "gw-1-token", WireEncoding::Protobuf),
+        MemoryJournal::new(),
+    )
+    .applied_policies(vec![gateway_proto::AppliedPolicy {
+        name: "collect".into(),
+        version: 3,
+        checksum: "b".repeat(64),
+    }])
+    .spawn()
+    .unwrap();
+    let established = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            if let Ok(HubEvent::SessionEstablished { hello, .. }) = hub_events.recv().await {
+                return hello;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(established.gateway_id, "gw-1");
+    assert_eq!(established.applied_policies[0].version, 3);
+
+    let update = PolicyUpdate {
+        name: "collect".into(),
+        version: 4,
+        checksum: "c".repeat(64),
+        content: PolicyContent::Full {
+            document: serde_json::json!({"streams": ["logs"]}),
+        },
+        signature: None,
+    };
+    server
+        .hub
+        .send_frame("gw-1", ControlFrame::PolicyUpdate(update.clone()))
+        .unwrap();
+    let received = next_event(&mut events, |e| matches!(e, GatewayEvent::PolicyUpdate(_))).await;
+    assert_eq!(received, GatewayEvent::PolicyUpdate(update));
+    handle
+        .send(ControlFrame::PolicyStatus(PolicyStatus {
+            name: "collect".into(),
+            version: 4,
+            state: PolicyState::Applied,
+            reason: None,
+            code: None,
+            running_version: Some(4),
+        }))
+        .await
+        .unwrap();
+    let frame = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            if let Ok(HubEvent::Frame {
+                gateway_id, frame, ..
+            }) = hub_events.recv().await
+            {
+                return (gateway_id, frame);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(frame.0, "gw-1");
+    assert!(matches!(&*frame.1, ControlFrame::PolicyStatus(s) if s.version == 4));
+    // Frames the session owns cannot be pushed through the hub or the handle.
+    let err = server
+        .hub
+        .send_frame(
+            "gw-1",
+            ControlFrame::Hello(match hello("gw-1") {
+                ControlFrame::Hello(h) => h,
+                _ => unreachable!(),
+            }),
+        )
+        .unwrap_err();
+    assert!(matches!(err, Error::FrameNotAllowed { .. }));
+    assert!(matches!(
+        server.hub.send_frame(
+            "gw-9",
+            ControlFrame::PolicyUpdate(PolicyUpdate {
+                name: "x".into(),
+                version: 1,
+                checksum: "d".repeat(64),
+                content: PolicyContent::Full {
+                    document: serde_json::json!({})
+                },
+                signature: None,
+            })
+        ),
+        Err(Error::NotConnected { .. })
+    ));
+    handle.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rest_fallback_carries_heartbeats_commands_and_acks() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), None, fast_hub());
+    let tls = gateway_control::gateway::default_tls_config().unwrap();
+    let client =
+        RestFallbackClient::with_tls(server.http(), "gw-1", "gw-1-token", tls.clone()).unwrap();
+    let journal =
+        SqliteJournal::open(dir.path().join("rest-journal.db"), Default::default()).unwrap();
+    let mut poller = RestPoller::new(client, journal).unwrap();
+    assert!(poller.poll().await.unwrap().is_empty());
+    let presence = server.hub.presence("gw-1").unwrap();
+    assert!(presence.online);
+    assert_eq!(presence.transport, Transport::Rest);
+    assert_eq!(poller.interval(), Duration::from_millis(300));
+
+    let id = server
+        .hub
+        .enqueue(NewCommand::new("gw-1", "flush"))
+        .unwrap()
+        .id;
+    let commands = poller.poll().await.unwrap();
+    assert_eq!(commands.len(), 1);
+    assert_eq!(
+        server.hub.command(&id).unwrap().unwrap().state,
+        CommandState::Received
+    );
+    // A second poll does not hand the command over again.
+    assert!(poller.poll().await.unwrap().is_empty());
+    poller
+        .report_outcome(id, Outcome::failed("disk full"))
+        .await
+        .unwrap();
+    let record = server.hub.command(&id).unwrap().unwrap();
+    assert_eq!(record.state, CommandState::Failed);
+    assert_eq!(record.detail.as_deref(), Some("disk full"));
+
+    // Another gateway's token cannot speak for gw-1.
+    let intruder = RestFallbackClient::with_tls(server.http(), "gw-1", "gw-2-token", tls).unwrap();
+    match intruder.fetch_commands().await {
+        Err(Error::Rejected { status, body }) => {
+            assert_eq!(status, 403);
+            assert_eq!(body.error.code, ErrorCode::IdentityMismatch);
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_enqueue_over_http_and_follow_events_with_resumable_sse() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), None, fast_hub());
+    let http = http_client();
+    let response = http
+        .post(format!("{}/v1/gateways/gw-1/commands", server.http()))
+        .bearer_auth("admin-token")
+        .json(&serde_json::json!({"kind": "reboot", "priority": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let record: serde_json::Value = response.json().await.unwrap();
+    let id = record["id"].as_str().unwrap().to_owned();
+    let response = http
+        .post(format!("{}/v1/commands/{id}/cancel", server.http()))
+        .bearer_auth("admin-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let response = http
+        .post(format!("{}/v1/commands/{id}/cancel", server.http()))
+        .bearer_auth("admin-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 409, "already canceled");
+    let body: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "conflict");
+    // Another event from another component into the same log.
+    let audit_id = server.hub.events().publish(
+        "audit.login",
+        Some("acme"),
+        serde_json::json!({"who": "ops"}),
+    );
+
+    // Resume after the first event: the rest is replayed.
+    let mut response = http
+        .get(format!("{}/v1/events", server.http()))
+        .bearer_auth("admin-token")
+        .header("Last-Event-ID", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut text = String::new();
+    tokio::time::timeout(TIMEOUT, async {
+        while !text.contains(&format!("id: {audit_id}")) {
+            let chunk = response.chunk().await.unwrap().expect("stream open");
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!text.contains("id: 1\n"), "event 1 is not replayed: {text}");
+    assert!(text.contains("event: command.state"), "{text}");
+    assert!(text.contains("\"to\":\"canceled\""), "{text}");
+    assert!(text.contains("event: audit.login"), "{text}");
+
+    let response = http
+        .get(format!("{}/v1/events", server.http()))
+        .bearer_auth("gw-1-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+}
