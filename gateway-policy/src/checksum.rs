@@ -1,14 +1,4 @@
 //! Canonical JSON (RFC 8785, JCS) and the policy checksum over it.
-//!
-//! The checksum of a document is the lowercase hex SHA-256 of its JCS form: object members sorted
-//! by their UTF-16 code units, no whitespace, numbers in the ECMAScript shortest form, strings with
-//! only the mandatory escapes. Key order and whitespace in the source text therefore never change
-//! a checksum, and an agent written in another language computes the same one with any RFC 8785
-//! implementation. Canonicalisation is done by the `serde_json_canonicalizer` crate, which passes
-//! every vector of the RFC's reference suite (see `tests/conformance_jcs.rs`).
-//!
-//! Numbers follow the RFC: they are IEEE-754 doubles, so `1`, `1.0` and `1e0` hash alike, and an
-//! integer beyond 2^53 is rounded the way a JavaScript engine would.
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -37,6 +27,17 @@ pub fn canonicalize_text(json_text: &str) -> Result<Vec<u8>> {
 }
 
 /// The policy checksum of `document`: lowercase hex SHA-256 of its canonical form.
+///
+///
+/// The checksum of a document is the lowercase hex SHA-256 of its JCS form: object members sorted
+/// by their UTF-16 code units, no whitespace, numbers in the ECMAScript shortest form, strings with
+/// only the mandatory escapes. Key order and whitespace in the source text therefore never change
+/// a checksum, and an agent written in another language computes the same one with any RFC 8785
+/// implementation. Canonicalisation is done by the `serde_json_canonicalizer` crate, which passes
+/// every vector of the RFC's reference suite (see `tests/conformance_jcs.rs`).
+///
+/// Numbers follow the RFC: they are IEEE-754 doubles, so `1`, `1.0` and `1e0` hash alike, and an
+/// integer beyond 2^53 is rounded the way a JavaScript engine would.
 ///
 /// ```
 /// use serde_json::json;

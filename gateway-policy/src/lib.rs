@@ -1,5 +1,108 @@
 //! # gateway-policy
+//!
+//! Versioned policies (JSON configuration documents) from publish on the server to applied on
+//! every gateway: the same version everywhere, verified, and never half-applied.
+//!
+//! ## The model
+//! * [`Policy`]`{ name, version, checksum, document, created_at, author, message }`: versions
+//!   start at 1 and only move forward per name; every change records who and why.
+//! * [`checksum`]: lowercase hex SHA-256 over the RFC 8785 (JCS) canonical form, so key order,
+//!   whitespace and number spelling never change it, and other languages compute the same one.
+//! * [`diff`] / [`apply_patch`] / [`apply_patch_verified`]: RFC 6902 JSON Patch between any two
+//!   documents, and applying one with the checksum verified after.
+//! * [`PolicySigner`] / [`PolicyVerifier`]: optional Ed25519 signatures over the checksum.
+//!
+//! ## Gateway side
+//! [`PolicyApplier`] takes `policy_update` frames and answers `policy_status` frames. It applies
+//! an update only if it is newer than what runs, its patch base is what runs (else
+//! `base_mismatch`, and the server sends the full document), its checksum and signature verify
+//! and the integrator's [`PolicyValidator`] accepts it; it persists atomically
+//! ([`FileAppliedStore`]: write-temp + fsync + rename) before switching. On start it runs the
+//! last applied policies; a stored policy that no longer verifies is reported, never a reason to
+//! refuse to start. [`PolicyReader`] serves agents (`GET /v1/policy` with [`etag`] and
+//! [`if_none_match`]).
+//!
+//! ## Server side (feature `server`, on by default)
+//! [`PolicyStore`] ([`SqlitePolicyStore`]) keeps versions, history, assignments and gateway
+//! membership, with [`PolicyStore::diff`] and [`PolicyStore::rollback`]. [`PolicyServer`] resolves
+//! [`Assignment`]s (tenant, group, gateway) to desired versions, tracks every gateway × policy in a
+//! [`RolloutTracker`] (pending, delivered, applied, rejected; staged rollouts with abort rules) and
+//! builds the update each gateway needs: a patch against the version it runs when the server
+//! still has it, the full document otherwise, signed when a key is configured. Everything takes
+//! the time as an argument; nothing reads a clock.
+//!
+//! ## Example: publish on the server, apply on a gateway
+//!
+//! ```
+//! # #[cfg(feature = "server")] {
+//! use gateway_policy::{
+//!     AcceptAll, ApplierConfig, Assignment, MemoryAppliedStore, PolicyApplier, PolicyLookup,
+//!     PolicyServer, PolicyServerConfig, PolicySigner, SqlitePolicyStore, Target,
+//! };
+//! use gateway_proto::{PolicyContent, PolicyState};
+//! use serde_json::json;
+//!
+//! // Server: a store, a signing key, a policy assigned to every gateway of tenant "acme".
+//! let secret = "11".repeat(32);
+//! let public = PolicySigner::from_hex(&secret).unwrap().verifier().to_hex();
+//! let store = SqlitePolicyStore::open_in_memory().unwrap();
+//! let config = PolicyServerConfig { signing_key: Some(secret), ..Default::default() };
+//! let mut server = PolicyServer::new(store, config).unwrap();
+//! let allow: Vec<u16> = (1000..1100).collect();
+//! server.publish("firewall", json!({"mode": "audit", "allow": allow}), "ann", "first", None, 0).unwrap();
+//! server.assign(
+//!     Assignment {
+//!         policy: "firewall".into(),
+//!         target: Target::Tenant("acme".into()),
+//!         version: None, // follow the latest version
+//!         assigned_at: 0,
+//!         author: "ann".into(),
+//!     },
+//!     None,
+//!     0,
+//! ).unwrap();
+//!
+//! // Gateway: requires the server's signature; persists to memory here (files in production).
+//! let gateway_config = ApplierConfig { public_key: Some(public), ..Default::default() };
+//! let (mut applier, _report) =
+//!     PolicyApplier::open(gateway_config, MemoryAppliedStore::new(), AcceptAll).unwrap();
+//!
+//! // The gateway connects: its hello lists what it runs (nothing), the server sends version 1.
+//! let updates = server.connect("gw-1", "acme", &applier.applied_policies(), 1).unwrap();
+//! for update in &updates {
+//!     let status = applier.apply(update, 2);
+//!     assert_eq!(status.state, PolicyState::Applied);
+//!     server.handle_status("gw-1", &status, 2).unwrap();
+//! }
+//!
+//! // A new version goes out as a signed patch against version 1.
+//! let change = server
+//!     .publish("firewall", json!({"mode": "enforce", "allow": allow}), "ann", "enforce", None, 3)
+//!     .unwrap();
+//! let update = &change.updates[0].update;
+//! assert!(matches!(update.content, PolicyContent::Patch { base_version: 1, .. }));
+//! let status = applier.apply(update, 4);
+//! assert_eq!(status.running_version, Some(2));
+//! server.handle_status("gw-1", &status, 4).unwrap();
+//! let summary = server.rollout_summary(change.rollouts[0]).unwrap();
+//! assert_eq!(summary.applied, 1);
+//!
+//! // Agents read the running document; the checksum is the ETag.
+//! let reader = applier.reader();
+//! let PolicyLookup::Current { etag, policy } = reader.lookup("firewall", None) else { panic!() };
+//! assert_eq!(policy.document["mode"], "enforce");
+//! assert!(matches!(reader.lookup("firewall", Some(&etag)), PolicyLookup::NotModified { .. }));
+//! # }
+//! ```
+//!
+//! ## Metrics
+//! Through the `metrics` facade: `gateway_policy_updates_total{result,code}` and
+//! `gateway_policy_running_version{policy}` (gateway), `gateway_policy_publishes_total{result}`,
+//! `gateway_policy_updates_sent_total{content}`, `gateway_policy_statuses_total{state}` and
+//! `gateway_policy_rollouts_aborted_total` (server).
 #![forbid(unsafe_code)]
+// The crate docs link the server-side items, which a build without `server` does not have.
+#![cfg_attr(not(feature = "server"), allow(rustdoc::broken_intra_doc_links))]
 #![warn(missing_docs)]
 
 mod applier;

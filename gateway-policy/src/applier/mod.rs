@@ -1,35 +1,4 @@
-//! Gateway side: verify, persist and switch to policy updates.
-//!
-//! # Guarantees
-//! * A policy update is applied only if **all** of these hold, checked in this order: the name is
-//!   well formed; the signature verifies (when a public key is configured); the version is newer
-//!   than the one running; a patch's `base_version` is the running version and the patch applies;
-//!   the result hashes to the update's checksum; the integrator's [`PolicyValidator`] accepts it;
-//!   it was persisted. Anything refused keeps the running policy and is answered with a
-//!   `rejected` [`PolicyStatus`] carrying a reason and an [`ErrorCode`]:
-//!
-//!   | cause | code |
-//!   |---|---|
-//!   | malformed name or checksum text | `malformed_frame` / `checksum_mismatch` |
-//!   | signature missing or wrong | `bad_signature` |
-//!   | version not newer | `stale_version` |
-//!   | patch base is not the running version, or the patch does not apply | `base_mismatch` (the server then sends the full document) |
-//!   | checksum does not match the result | `checksum_mismatch` |
-//!   | validator refused | `validation_failed` |
-//!   | persisting failed | `internal` |
-//!
-//!   Re-sending the version that already runs, with the same checksum, is answered `applied`
-//!   without doing anything (at-least-once delivery makes duplicates normal).
-//! * Persisting is atomic (see [`store`](crate::AppliedPolicyStore)): a crash at any moment leaves
-//!   the old or the new policy on disk, never a mix. The switch happens after the write, so a
-//!   crash between them only means the new policy is running after restart — as the server was
-//!   about to be told.
-//! * [`PolicyApplier::open`] loads the last applied policies, so a gateway that cannot reach the
-//!   server runs its last good policy. A stored policy that is damaged, or that the validator (or
-//!   signature check) no longer accepts, is **reported** in the [`LoadReport`] and never stops the
-//!   start (OPA issue #3837 is the failure avoided here). By default such a policy is not run, so
-//!   the gateway does not report it in `hello` and the server sends a fresh full document;
-//!   [`InvalidStoredPolicy::KeepRunning`] runs it anyway.
+//! The gateway side: the applier, its stores and the agents' read handle.
 
 mod reader;
 mod store;
@@ -161,7 +130,38 @@ impl LoadProblem {
     }
 }
 
-/// Applies policy updates on the gateway. See the [module documentation](self) for the rules.
+/// Applies policy updates on the gateway.
+///
+/// # Guarantees
+/// * A policy update is applied only if **all** of these hold, checked in this order: the name is
+///   well formed; the signature verifies (when a public key is configured); the version is newer
+///   than the one running; a patch's `base_version` is the running version and the patch applies;
+///   the result hashes to the update's checksum; the integrator's [`PolicyValidator`] accepts it;
+///   it was persisted. Anything refused keeps the running policy and is answered with a
+///   `rejected` [`PolicyStatus`] carrying a reason and an [`ErrorCode`]:
+///
+///   | cause | code |
+///   |---|---|
+///   | malformed name or checksum text | `malformed_frame` / `checksum_mismatch` |
+///   | signature missing or wrong | `bad_signature` |
+///   | version not newer | `stale_version` |
+///   | patch base is not the running version, or the patch does not apply | `base_mismatch` (the server then sends the full document) |
+///   | checksum does not match the result | `checksum_mismatch` |
+///   | validator refused | `validation_failed` |
+///   | persisting failed | `internal` |
+///
+///   Re-sending the version that already runs, with the same checksum, is answered `applied`
+///   without doing anything (at-least-once delivery makes duplicates normal).
+/// * Persisting is atomic (see [`FileAppliedStore`]): a crash at any moment leaves
+///   the old or the new policy on disk, never a mix. The switch happens after the write, so a
+///   crash between them only means the new policy is running after restart — as the server was
+///   about to be told.
+/// * [`PolicyApplier::open`] loads the last applied policies, so a gateway that cannot reach the
+///   server runs its last good policy. A stored policy that is damaged, or that the validator (or
+///   signature check) no longer accepts, is **reported** in the [`LoadReport`] and never stops the
+///   start (OPA issue #3837 is the failure avoided here). By default such a policy is not run, so
+///   the gateway does not report it in `hello` and the server sends a fresh full document;
+///   [`InvalidStoredPolicy::KeepRunning`] runs it anyway.
 ///
 /// Call order: [`open`](Self::open) once at start; send [`applied_policies`](Self::applied_policies)
 /// in `hello`; for every `policy_update` frame call [`apply`](Self::apply) and send the

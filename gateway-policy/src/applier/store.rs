@@ -1,19 +1,4 @@
-//! Where the gateway keeps the policies it applied, so a restart runs them again.
-//!
-//! # Invariant
-//! After a crash at any moment — power loss or `kill -9` in the middle of [`AppliedPolicyStore::save`]
-//! — [`AppliedPolicyStore::load_all`] returns, for every name, either the policy saved before or the
-//! one being saved, complete. Never a mix, never a truncated document.
-//!
-//! # On-disk layout of [`FileAppliedStore`]
-//! One directory, one file per policy name: `<name>.policy.json` holding a [`StoredPolicy`] as
-//! JSON. Names are restricted to `[A-Za-z0-9._-]` ([`crate::validate_name`]), so they are safe
-//! file names. A save writes `<name>.policy.json.tmp`, flushes it to disk (`fsync`), renames it over
-//! the old file (atomic on POSIX file systems) and flushes the directory, so the rename itself is
-//! durable. A crash before the rename leaves the old file and a stray `.tmp` that the next
-//! [`FileAppliedStore::open`] deletes; a crash after it leaves the new file. Every file carries the
-//! checksum of its document, which [`FileAppliedStore::load_all`] verifies, so even a file damaged
-//! by the disk is detected rather than run.
+//! Where the gateway keeps the policies it applied.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
@@ -49,7 +34,8 @@ pub struct StoredPolicy {
 
 /// Storage of applied policies behind a trait, so the applier can run on files, SQLite or memory.
 ///
-/// Implementations must keep the invariant of this module: a save is atomic per name.
+/// Implementations must keep the invariant described on [`FileAppliedStore`]: a save is atomic
+/// per name, so a crash leaves the previous or the new policy, never a mix.
 pub trait AppliedPolicyStore: Send {
     /// Every stored policy. One damaged entry is one `Err` item (naming the file or row), never a
     /// reason to fail the whole load; the outer `Err` is for a store that cannot be read at all.
@@ -60,7 +46,23 @@ pub trait AppliedPolicyStore: Send {
 }
 
 /// The default store: one JSON file per policy in a directory, replaced by write-temp + fsync +
-/// rename. See the module documentation for the crash guarantees.
+/// rename.
+///
+///
+/// # Invariant
+/// After a crash at any moment — power loss or `kill -9` in the middle of [`AppliedPolicyStore::save`]
+/// — [`AppliedPolicyStore::load_all`] returns, for every name, either the policy saved before or the
+/// one being saved, complete. Never a mix, never a truncated document.
+///
+/// # On-disk layout of [`FileAppliedStore`]
+/// One directory, one file per policy name: `<name>.policy.json` holding a [`StoredPolicy`] as
+/// JSON. Names are restricted to `[A-Za-z0-9._-]` ([`crate::validate_name`]), so they are safe
+/// file names. A save writes `<name>.policy.json.tmp`, flushes it to disk (`fsync`), renames it over
+/// the old file (atomic on POSIX file systems) and flushes the directory, so the rename itself is
+/// durable. A crash before the rename leaves the old file and a stray `.tmp` that the next
+/// [`FileAppliedStore::open`] deletes; a crash after it leaves the new file. Every file carries the
+/// checksum of its document, which [`AppliedPolicyStore::load_all`] verifies, so even a file damaged
+/// by the disk is detected rather than run.
 #[derive(Debug)]
 pub struct FileAppliedStore {
     dir: PathBuf,

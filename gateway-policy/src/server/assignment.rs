@@ -1,11 +1,4 @@
-//! Which policy applies to which gateways: assignments to a whole tenant, a named group, or one
-//! gateway, resolved to a desired version per gateway and policy name.
-//!
-//! # Resolution
-//! For a gateway and a policy name, the most specific matching assignment wins: a gateway
-//! assignment over a group assignment over a tenant assignment. Between several groups of the
-//! gateway, the most recently made assignment wins (ties: the greater group name), so the result
-//! never depends on storage order. An assignment either pins a version or follows the latest one.
+//! Which policy applies to which gateways.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -115,6 +108,14 @@ impl GatewayInfo {
 }
 
 /// Assignments indexed by policy name, resolving desired versions.
+///
+/// gateway, resolved to a desired version per gateway and policy name.
+///
+/// # Resolution
+/// For a gateway and a policy name, the most specific matching assignment wins: a gateway
+/// assignment over a group assignment over a tenant assignment. Between several groups of the
+/// gateway, the most recently made assignment wins (ties: the greater group name), so the result
+/// never depends on storage order. An assignment either pins a version or follows the latest one.
 #[derive(Debug, Clone, Default)]
 pub struct AssignmentTable {
     by_policy: BTreeMap<String, Vec<Assignment>>,

@@ -1,15 +1,4 @@
-//! [`PolicyStore`] on SQLite: one database file, WAL journal.
-//!
-//! # Schema (`PRAGMA user_version = 1`)
-//! * `policy_versions(name, version, checksum, document, created_at, author, message)`, primary
-//!   key `(name, version)`: one row per version, never updated. `document` is JSON text; its
-//!   checksum is verified on every read, so a damaged row is reported, never served.
-//! * `policy_assignments(policy, target_kind, target_id, version, assigned_at, author)`, primary
-//!   key `(policy, target_kind, target_id)`; `version` is NULL for "follow the latest".
-//! * `policy_gateways(id, tenant, groups)`: membership, `groups` a JSON array.
-//!
-//! Publishing runs in an `IMMEDIATE` transaction, so concurrent publishers (threads or processes
-//! sharing the file) never hand out the same version.
+//! [`PolicyStore`] on SQLite.
 
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard};
@@ -49,7 +38,18 @@ CREATE TABLE IF NOT EXISTS policy_gateways (
 PRAGMA user_version = 1;
 ";
 
-/// The SQLite [`PolicyStore`].
+/// The SQLite [`PolicyStore`]: one database file, WAL journal.
+///
+/// # Schema (`PRAGMA user_version = 1`)
+/// * `policy_versions(name, version, checksum, document, created_at, author, message)`, primary
+///   key `(name, version)`: one row per version, never updated. `document` is JSON text; its
+///   checksum is verified on every read, so a damaged row is reported, never served.
+/// * `policy_assignments(policy, target_kind, target_id, version, assigned_at, author)`, primary
+///   key `(policy, target_kind, target_id)`; `version` is NULL for "follow the latest".
+/// * `policy_gateways(id, tenant, groups)`: membership, `groups` a JSON array.
+///
+/// Publishing runs in an `IMMEDIATE` transaction, so concurrent publishers (threads or processes
+/// sharing the file) never hand out the same version.
 #[derive(Debug)]
 pub struct SqlitePolicyStore {
     conn: Mutex<Connection>,
@@ -157,15 +157,15 @@ impl PolicyStore for SqlitePolicyStore {
                 read_policy,
             )
             .optional()?;
-        if let Some((latest, latest_text)) = latest {
-            if latest.checksum == sum {
-                drop(tx);
-                let current = finish_policy((latest, latest_text))?;
-                tracing::info!(policy = %name, version = current.version, "publish of an identical document: nothing created");
-                metrics::counter!("gateway_policy_publishes_total", "result" => "unchanged")
-                    .increment(1);
-                return Ok(PublishOutcome::Unchanged(current));
-            }
+        if let Some((latest, latest_text)) = latest
+            && latest.checksum == sum
+        {
+            drop(tx);
+            let current = finish_policy((latest, latest_text))?;
+            tracing::info!(policy = %name, version = current.version, "publish of an identical document: nothing created");
+            metrics::counter!("gateway_policy_publishes_total", "result" => "unchanged")
+                .increment(1);
+            return Ok(PublishOutcome::Unchanged(current));
         }
         let next: i64 = tx.query_row(
             "SELECT COALESCE(MAX(version), 0) + 1 FROM policy_versions WHERE name = ?1",

@@ -1,33 +1,4 @@
-//! The rollout tracker: per gateway and policy, what should run, what runs, and what happened.
-//!
-//! A sans-IO state machine: every call takes the time (`now_ms`, ms since the epoch) and nothing
-//! here reads a clock, sleeps or does I/O.
-//!
-//! # States of a target (one gateway × one policy)
-//! ```text
-//!            release + send               status applied
-//! pending ─────────────────▶ delivered ───────────────────▶ applied
-//!    ▲                          │ status rejected
-//!    │ base_mismatch            ▼
-//!    └─────────────────────── rejected (reason, error code)
-//! ```
-//! `pending` also covers targets a staged rollout has not released yet. A `hello` whose reported
-//! version is the desired one moves a target to `applied`; a lost delivery (the gateway reconnects
-//! still running an older version) moves it back to `pending`. A `base_mismatch` rejection of a
-//! patch puts the target back to `pending` with the full document due. A rejection with `internal`
-//! (the gateway could not persist) is retried when the gateway reconnects; other rejections stand
-//! until the desired version changes. Each target records, as OPA's status API does, the last
-//! attempt, the last success, and the error code and message of the last failure.
-//!
-//! # Rollouts
-//! A rollout moves a set of targets to one version of a policy. With a [`StagedRollout`] it
-//! releases them at most `max_per_minute` per sliding minute and/or with at most
-//! `max_percent_in_flight` % of its targets released but not yet answered, and it aborts (releases
-//! nothing more) when, once `min_reported` targets have answered, the rejected share exceeds
-//! `rejected_percent` (AWS IoT Jobs' rollout and abort configs). Only targets whose gateway is
-//! connected are released, so offline gateways never use up the budget; they are released when
-//! they connect and the budget allows. A target belongs to the latest rollout that included it;
-//! the earlier rollout counts it as `superseded`.
+//! The rollout tracker.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
@@ -317,7 +288,36 @@ impl Rollout {
 }
 
 /// Tracks desired and reported policy versions per gateway, and the rollouts that move them.
-/// See the [module documentation](self).
+///
+///
+/// A sans-IO state machine: every call takes the time (`now_ms`, ms since the epoch) and nothing
+/// here reads a clock, sleeps or does I/O.
+///
+/// # States of a target (one gateway × one policy)
+/// ```text
+///            release + send               status applied
+/// pending ─────────────────▶ delivered ───────────────────▶ applied
+///    ▲                          │ status rejected
+///    │ base_mismatch            ▼
+///    └─────────────────────── rejected (reason, error code)
+/// ```
+/// `pending` also covers targets a staged rollout has not released yet. A `hello` whose reported
+/// version is the desired one moves a target to `applied`; a lost delivery (the gateway reconnects
+/// still running an older version) moves it back to `pending`. A `base_mismatch` rejection of a
+/// patch puts the target back to `pending` with the full document due. A rejection with `internal`
+/// (the gateway could not persist) is retried when the gateway reconnects; other rejections stand
+/// until the desired version changes. Each target records, as OPA's status API does, the last
+/// attempt, the last success, and the error code and message of the last failure.
+///
+/// # Rollouts
+/// A rollout moves a set of targets to one version of a policy. With a [`StagedRollout`] it
+/// releases them at most `max_per_minute` per sliding minute and/or with at most
+/// `max_percent_in_flight` % of its targets released but not yet answered, and it aborts (releases
+/// nothing more) when, once `min_reported` targets have answered, the rejected share exceeds
+/// `rejected_percent` (AWS IoT Jobs' rollout and abort configs). Only targets whose gateway is
+/// connected are released, so offline gateways never use up the budget; they are released when
+/// they connect and the budget allows. A target belongs to the latest rollout that included it;
+/// the earlier rollout counts it as `superseded`.
 #[derive(Debug, Default)]
 pub struct RolloutTracker {
     targets: HashMap<String, BTreeMap<String, TargetStatus>>,
