@@ -154,12 +154,12 @@ async fn a_wrong_password_is_tried_once_and_then_not_again() {
 async fn after_the_backoff_one_more_try_is_made() {
     let simulator = Simulator::start(SimulatorConfig::default()).await.unwrap();
     let mut config = wrong_password(&simulator);
-    config.auth_failure_backoff_ms = 30;
+    config.auth_failure_backoff_ms = 500;
     let adapter = HikvisionAdapter::new("door", config).unwrap();
     adapter.execute(&DeviceCommand::Info).await.unwrap_err();
     adapter.execute(&DeviceCommand::Info).await.unwrap_err();
     assert_eq!(simulator.stats().failed_logins, 1);
-    tokio::time::sleep(Duration::from_millis(60)).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
     adapter.execute(&DeviceCommand::Info).await.unwrap_err();
     let stats = simulator.stats();
     assert_eq!(

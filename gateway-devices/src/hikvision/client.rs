@@ -176,7 +176,6 @@ impl IsapiClient {
                 (Sent::Digest { .. }, Some(challenge)) if challenge.stale && stale_retries < 2 => {
                     debug!(device = %self.device_id, "nonce is stale; answering the new challenge");
                     stale_retries += 1;
-                    let _ = challenge;
                 }
                 (Sent::Digest { .. }, Some(challenge)) if challenge.stale => {
                     // Credentials are right (stale), but fresh nonces keep expiring.
@@ -190,7 +189,6 @@ impl IsapiClient {
                 {
                     debug!(device = %self.device_id, "the device forgot our nonce; answering its new challenge once");
                     fresh = true;
-                    let _ = challenge;
                 }
                 (Sent::Nothing, None) if offers_basic && self.allow_basic => {
                     self.lock().use_basic = true;
