@@ -3,6 +3,9 @@
 //! `cargo bench -p gateway-benches --bench proto_codec`. Throughput is reported in bytes of the
 //! encoded batch; records/s is 1,000 divided by the time per iteration.
 
+// `criterion_group!` generates an undocumented public function.
+#![allow(missing_docs)]
+
 use std::hint::black_box;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
