@@ -109,6 +109,8 @@ mod applier;
 mod checksum;
 mod error;
 mod etag;
+#[cfg(feature = "http")]
+mod http;
 mod patch;
 mod policy;
 #[cfg(feature = "server")]
@@ -125,6 +127,8 @@ pub use checksum::{
 };
 pub use error::{Error, Result};
 pub use etag::{etag, if_none_match};
+#[cfg(feature = "http")]
+pub use http::{HEADER_POLICY_NAME, HEADER_POLICY_VERSION, policy_router};
 pub use patch::{apply_patch, apply_patch_verified, diff};
 pub use policy::{MAX_NAME_LEN, Policy, PolicyVersionInfo, validate_name};
 #[cfg(feature = "server")]
