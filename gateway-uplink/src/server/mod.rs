@@ -9,6 +9,7 @@
 //!   gateway's collector (into its [`gateway_buffer::Buffer`], 503 while it is critical).
 
 mod buffer_sink;
+mod dedup;
 mod rate_limit;
 mod receiver;
 mod sink;

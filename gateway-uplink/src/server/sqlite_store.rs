@@ -2,30 +2,18 @@
 //!
 //! # Guarantees
 //!
-//! * **Exactly once per tenant.** A record is identified by `(tenant, id, timestamp_ms)`.
-//!   A re-sent record is byte-identical to the first copy (same id, same timestamp), so it is
-//!   found and counted as a duplicate, never stored twice. One tenant's ids never suppress
-//!   another's: the tenant is part of the key.
+//! * **Exactly once per tenant.** A record is identified by `(tenant, id)`: a re-sent record
+//!   is counted as a duplicate, never stored twice, and one tenant's ids never suppress
+//!   another's — the tenant is part of the key.
 //! * **Per-tenant positions.** Each stored record gets the next position of its tenant
 //!   (1, 2, 3, ... without gaps; duplicates do not use one). `read` pages through a tenant's
 //!   records by position, optionally for one stream.
-//! * **Atomic batches.** One call to [`SqliteRecordStore::store_records`] is one transaction.
-//!
-//! # Why the dedup key leads with the timestamp
-//!
-//! A unique index on `(tenant, id)` is the obvious design and it collapses with random
-//! (UUIDv4) ids: each insert lands on a random leaf of a B-tree that soon outgrows the page
-//! cache, and every commit rewrites those random pages into the WAL (measured on this machine:
-//! 0.04–0.1× plain appends). The index here is on `(tenant, timestamp_ms, id)`: records arrive
-//! roughly in time order whatever their ids, so inserts stay clustered on the recent end of
-//! the tree — the same few hot pages as a plain append — while a retry, which carries the
-//! same timestamp, still lands on its twin. `BENCHMARKS.md` has the figures for both id kinds.
-//!
-//! The trade-off: two records that share tenant and id but differ in timestamp are two
-//! records. Only a sender that reuses an id for a *different* record produces that, and it
-//! breaks the protocol (ids are unique per record) either way; a faithful retry is always
-//! caught. A batch of old records (a gateway's backlog after a week offline) inserts in the
-//! old region of the tree, still clustered because a backlog is in time order.
+//! * **Atomic batches.** One call to [`SqliteRecordStore::store_records`] is one transaction:
+//!   records, positions and dedup state commit together.
+//! * **Throughput with any ids.** Dedup does not use a B-tree index over every id (which
+//!   collapses with random UUIDv4 ids); it is a small log-structured merge tree in the same
+//!   file — memtable, sorted runs with Bloom filters, incremental merges — described in the
+//!   `dedup` module. Figures for v7 and v4 ids are in `BENCHMARKS.md`.
 //!
 //! # Layout
 //!
@@ -33,6 +21,7 @@
 //! append-only rowid range (2^40 positions per tenant, 2^23 tenants). `records_by_stream`
 //! indexes `stream` (its implicit rowid suffix makes it `(stream, tenant, position)`), so a
 //! stream read is one range scan. The record itself is stored as its protobuf encoding.
+//! One process owns a store file at a time (the dedup memtable lives in its memory).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -42,6 +31,7 @@ use prost::Message as _;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
+use super::dedup::{self, DedupConfig, DedupIndex};
 use super::sink::{IngestContext, RecordSink, SinkError, SinkOutcome};
 use crate::Error;
 
@@ -73,6 +63,14 @@ pub struct SqliteStoreConfig {
     pub busy_timeout_ms: u32,
     /// Largest page a read returns. Default 1,000.
     pub max_read_limit: usize,
+    /// Record ids held in memory before they are written out as a sorted dedup run. More
+    /// means fewer, larger runs; each key costs about 50 bytes of memory. Default 500,000.
+    pub dedup_memtable_keys: usize,
+    /// Dedup runs of one level merged into one run of the next level. Default 4.
+    pub dedup_fan_in: usize,
+    /// Fewest dedup keys a merge copies per ingest transaction (it copies at least two per
+    /// record stored). Default 4,096.
+    pub dedup_merge_min_step: usize,
 }
 
 impl Default for SqliteStoreConfig {
@@ -82,6 +80,9 @@ impl Default for SqliteStoreConfig {
             cache_kib: 64 * 1024,
             busy_timeout_ms: 5_000,
             max_read_limit: 1_000,
+            dedup_memtable_keys: 500_000,
+            dedup_fan_in: 4,
+            dedup_merge_min_step: 4_096,
         }
     }
 }
@@ -91,6 +92,12 @@ impl SqliteStoreConfig {
     pub fn validate(&self) -> Result<(), Error> {
         if self.max_read_limit == 0 {
             return Err(Error::invalid("max_read_limit", "must be at least 1"));
+        }
+        if self.dedup_memtable_keys == 0 {
+            return Err(Error::invalid("dedup_memtable_keys", "must be at least 1"));
+        }
+        if self.dedup_fan_in < 2 {
+            return Err(Error::invalid("dedup_fan_in", "must be at least 2"));
         }
         Ok(())
     }
@@ -167,15 +174,27 @@ pub struct SqliteRecordStore {
 struct Inner {
     path: PathBuf,
     config: SqliteStoreConfig,
-    writer: Mutex<Connection>,
+    writer: Mutex<Writer>,
     reader: Mutex<Connection>,
 }
 
+#[derive(Debug)]
+struct Writer {
+    conn: Connection,
+    dedup: DedupIndex,
+}
+
 const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS store_meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+INSERT OR IGNORE INTO store_meta (key, value) VALUES ('format', '1');
 CREATE TABLE IF NOT EXISTS tenants (
     tenant_key INTEGER PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
-    next_position INTEGER NOT NULL
+    next_position INTEGER NOT NULL,
+    flushed_position INTEGER NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS records (
     rowid INTEGER PRIMARY KEY,
@@ -187,7 +206,6 @@ CREATE TABLE IF NOT EXISTS records (
     received_at_ms INTEGER NOT NULL,
     record BLOB NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS records_dedup ON records (tenant_key, timestamp_ms, id);
 CREATE INDEX IF NOT EXISTS records_by_stream ON records (stream);
 ";
 
@@ -212,7 +230,7 @@ fn open_connection(path: &Path, config: &SqliteStoreConfig) -> Result<Connection
     Ok(conn)
 }
 
-fn lock(mutex: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding the lock leaves the connection usable: SQLite rolls back an
     // unfinished transaction when the next one begins.
     mutex
@@ -220,15 +238,25 @@ fn lock(mutex: &Mutex<Connection>) -> MutexGuard<'_, Connection> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+fn dedup_config(config: &SqliteStoreConfig) -> DedupConfig {
+    DedupConfig {
+        memtable_keys: config.dedup_memtable_keys,
+        fan_in: config.dedup_fan_in,
+        merge_min_step: config.dedup_merge_min_step.max(1),
+    }
+}
+
 impl SqliteRecordStore {
     /// Open (or create) the store at `path`.
     pub fn open(path: impl AsRef<Path>, config: SqliteStoreConfig) -> Result<Self, Error> {
         config.validate()?;
         let path = path.as_ref().to_path_buf();
-        let writer = open_connection(&path, &config)?;
-        writer
-            .execute_batch(SCHEMA)
+        let conn = open_connection(&path, &config)?;
+        conn.execute_batch(SCHEMA)
+            .and_then(|()| conn.execute_batch(dedup::SCHEMA))
             .map_err(Error::store("creating the schema"))?;
+        let dedup = DedupIndex::open(&conn, dedup_config(&config))?;
+        let writer = Writer { conn, dedup };
         let reader = open_connection(&path, &config)?;
         Ok(SqliteRecordStore {
             inner: Arc::new(Inner {
@@ -252,75 +280,25 @@ impl SqliteRecordStore {
         context: &IngestContext,
         records: &[Record],
     ) -> Result<SinkOutcome, Error> {
-        let mut conn = lock(&self.inner.writer);
-        let tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(Error::store("starting a transaction"))?;
-        let (tenant_key, mut next_position) = tenant_row(&tx, &context.principal.tenant)?;
-        let mut outcome = SinkOutcome::default();
-        {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO records
-                         (rowid, tenant_key, timestamp_ms, id, stream, gateway_id, received_at_ms, record)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                     ON CONFLICT (tenant_key, timestamp_ms, id) DO NOTHING",
-                )
-                .map_err(Error::store("preparing the insert"))?;
-            let mut encoded = Vec::with_capacity(512);
-            for record in records {
-                let Some(id) = record.id else {
-                    return Err(Error::invalid(
-                        "records[].id",
-                        "the store needs record ids; the receiver assigns missing ones",
-                    ));
-                };
-                if next_position > MAX_POSITION {
-                    return Err(Error::invalid(
-                        "tenant",
-                        format!(
-                            "tenant {:?} has used every position",
-                            context.principal.tenant
-                        ),
-                    ));
-                }
-                encoded.clear();
-                pb::Record::from(record)
-                    .encode(&mut encoded)
-                    .map_err(|e| Error::Task(format!("protobuf encoding failed: {e}")))?;
-                let rowid = (tenant_key << POSITION_BITS) | next_position as i64;
-                let changed = insert
-                    .execute(params![
-                        rowid,
-                        tenant_key,
-                        record.timestamp_ms,
-                        &id.as_bytes()[..],
-                        record.stream,
-                        context.gateway_id,
-                        context.received_at_ms,
-                        encoded,
-                    ])
-                    .map_err(Error::store("inserting a record"))?;
-                if changed == 1 {
-                    outcome.accepted += 1;
-                    next_position += 1;
-                } else {
-                    outcome.duplicates += 1;
-                }
-            }
+        let mut writer = lock(&self.inner.writer);
+        let Writer { conn, dedup } = &mut *writer;
+        let result = store_in_transaction(conn, dedup, context, records);
+        if result.is_err() {
+            // The transaction rolled back; the in-memory dedup state may hold its keys.
+            *dedup = DedupIndex::open(conn, dedup_config(&self.inner.config))?;
         }
-        tx.execute(
-            "UPDATE tenants SET next_position = ?1 WHERE tenant_key = ?2",
-            params![next_position as i64, tenant_key],
-        )
-        .map_err(Error::store("advancing the tenant position"))?;
-        tx.commit().map_err(Error::store("committing a batch"))?;
-        Ok(outcome)
+        result
     }
 
-    /// Store one batch's records in one transaction; duplicates (same tenant, id and
-    /// timestamp as a stored record, including earlier in the same batch) are counted and
-    /// skipped. Every record must have an id.
+    /// Dedup state, for tests and diagnostics: (ids in the memtable, sorted runs).
+    pub fn dedup_stats(&self) -> (usize, usize) {
+        let writer = lock(&self.inner.writer);
+        (writer.dedup.memtable_len(), writer.dedup.run_count())
+    }
+
+    /// Store one batch's records in one transaction; duplicates (same tenant and id as a
+    /// stored record, including earlier in the same batch) are counted and skipped. Every
+    /// record must have an id.
     pub async fn store_records(
         &self,
         context: &IngestContext,
@@ -437,6 +415,79 @@ impl SqliteRecordStore {
             .map_err(Error::store("counting records"))?;
         Ok(next.map_or(0, |n| (n as u64).saturating_sub(1)))
     }
+}
+
+fn store_in_transaction(
+    conn: &mut Connection,
+    dedup: &mut DedupIndex,
+    context: &IngestContext,
+    records: &[Record],
+) -> Result<SinkOutcome, Error> {
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(Error::store("starting a transaction"))?;
+    let (tenant_key, mut next_position) = tenant_row(&tx, &context.principal.tenant)?;
+    let mut outcome = SinkOutcome::default();
+    {
+        let mut insert = tx
+            .prepare_cached(
+                "INSERT INTO records
+                     (rowid, tenant_key, timestamp_ms, id, stream, gateway_id, received_at_ms, record)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .map_err(Error::store("preparing the insert"))?;
+        let mut encoded = Vec::with_capacity(512);
+        for record in records {
+            let Some(id) = record.id else {
+                return Err(Error::invalid(
+                    "records[].id",
+                    "the store needs record ids; the receiver assigns missing ones",
+                ));
+            };
+            let key = dedup::key(tenant_key, &id);
+            if dedup.contains(&tx, &key)? {
+                outcome.duplicates += 1;
+                continue;
+            }
+            if next_position > MAX_POSITION {
+                return Err(Error::invalid(
+                    "tenant",
+                    format!(
+                        "tenant {:?} has used every position",
+                        context.principal.tenant
+                    ),
+                ));
+            }
+            encoded.clear();
+            pb::Record::from(record)
+                .encode(&mut encoded)
+                .map_err(|e| Error::Task(format!("protobuf encoding failed: {e}")))?;
+            let rowid = (tenant_key << POSITION_BITS) | next_position as i64;
+            insert
+                .execute(params![
+                    rowid,
+                    tenant_key,
+                    record.timestamp_ms,
+                    &id.as_bytes()[..],
+                    record.stream,
+                    context.gateway_id,
+                    context.received_at_ms,
+                    encoded,
+                ])
+                .map_err(Error::store("inserting a record"))?;
+            dedup.insert(key);
+            outcome.accepted += 1;
+            next_position += 1;
+        }
+    }
+    tx.execute(
+        "UPDATE tenants SET next_position = ?1 WHERE tenant_key = ?2",
+        params![next_position as i64, tenant_key],
+    )
+    .map_err(Error::store("advancing the tenant position"))?;
+    dedup.after_batch(&tx, outcome.accepted as usize)?;
+    tx.commit().map_err(Error::store("committing a batch"))?;
+    Ok(outcome)
 }
 
 /// The tenant's key and next position, creating the tenant on first use.
