@@ -10,9 +10,12 @@ use gateway_proto::{BufferPressure, Record};
 use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
-use crate::codec::EncodedBatch;
+use crate::codec::Encoder;
 use crate::store::{Signals, Store};
-use crate::writer::{self, Command, Read, Write};
+use crate::writer::{self, Chunk, Command, Read, Write};
+
+/// Records per chunk of a streamed append; appends up to twice this go in one piece.
+const STREAM_CHUNK: usize = 256;
 use crate::{
     AppendReceipt, BufferConfig, BufferStats, DeadLetter, Error, Lease, LeaseId, StoredDeadLetter,
 };
@@ -122,12 +125,50 @@ impl Buffer {
             });
         }
         let span = tracing::debug_span!("gateway_buffer.append", records = records.len());
-        let batch = EncodedBatch::encode(&mut records);
-        let ids = batch.ids.clone();
-        let bytes = batch.bytes();
-        self.call(|reply| Command::Write(Write::Append { batch, reply }))
-            .instrument(span)
-            .await?;
+        let mut encoder = Encoder::default();
+        let (reply, answer) = oneshot::channel();
+        let (ids, bytes) = if records.len() <= 2 * STREAM_CHUNK {
+            let batch = encoder.encode(&mut records);
+            let head = (batch.ids.clone(), batch.bytes());
+            let append = Write::Append {
+                batch,
+                rest: None,
+                reply,
+            };
+            self.inner
+                .tx
+                .send(Command::Write(append))
+                .map_err(|_| Error::Closed)?;
+            head
+        } else {
+            // Stream it: the writer inserts each chunk while this task encodes the next.
+            let (first, others) = records.split_at_mut(STREAM_CHUNK);
+            let batch = encoder.encode(first);
+            let (mut ids, mut bytes) = (batch.ids.clone(), batch.bytes());
+            let (chunks, rest) = mpsc::channel();
+            let append = Write::Append {
+                batch,
+                rest: Some(rest),
+                reply,
+            };
+            self.inner
+                .tx
+                .send(Command::Write(append))
+                .map_err(|_| Error::Closed)?;
+            for part in others.chunks_mut(STREAM_CHUNK) {
+                let chunk = encoder.encode(part);
+                ids.extend_from_slice(&chunk.ids);
+                bytes += chunk.bytes();
+                if chunks.send(Chunk::Records(chunk)).is_err() {
+                    break;
+                }
+            }
+            let _ = chunks.send(Chunk::Done);
+            (ids, bytes)
+        };
+        // Free the records while the writer stores them, not after.
+        drop(records);
+        answer.instrument(span).await.map_err(|_| Error::Closed)??;
         Ok(AppendReceipt { ids, bytes })
     }
 

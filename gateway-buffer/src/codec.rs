@@ -6,9 +6,12 @@
 //! through `prost` and gateway-proto's validating `TryFrom`, so whatever a newer release adds to
 //! the message (new fields are skipped by protobuf decoders) still reads.
 
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use gateway_proto::{Body, Record, RecordId, pb};
 use prost::Message;
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+use rand::Rng;
 
 /// Records encoded back to back in one allocation, with their ids.
 #[derive(Debug, Default)]
@@ -23,19 +26,17 @@ pub(crate) struct EncodedBatch {
 
 impl EncodedBatch {
     /// Encode `records`, assigning a UUIDv7 to each record without an id.
+    #[cfg(test)]
     pub(crate) fn encode(records: &mut [Record]) -> Self {
-        let mut batch = EncodedBatch {
-            data: Vec::with_capacity(records.len() * 256),
-            ends: Vec::with_capacity(records.len()),
-            ids: Vec::with_capacity(records.len()),
-        };
-        let mut scratch = Vec::new();
-        for record in records.iter_mut() {
-            batch.ids.push(record.ensure_id());
-            encode_record(record, &mut batch.data, &mut scratch);
-            batch.ends.push(batch.data.len());
-        }
-        batch
+        Encoder::default().encode(records)
+    }
+
+    /// Append the records of `other` (a later chunk of the same append).
+    pub(crate) fn extend(&mut self, other: EncodedBatch) {
+        let offset = self.data.len();
+        self.data.extend_from_slice(&other.data);
+        self.ends.extend(other.ends.iter().map(|end| end + offset));
+        self.ids.extend(other.ids);
     }
 
     /// The encoded records in order.
@@ -55,6 +56,69 @@ impl EncodedBatch {
 
     pub(crate) fn len(&self) -> usize {
         self.ends.len()
+    }
+}
+
+/// Encodes the records of one append, possibly in several chunks.
+#[derive(Default)]
+pub(crate) struct Encoder {
+    fresh: Option<V7Ids>,
+    scratch: Vec<u8>,
+}
+
+impl Encoder {
+    /// Encode `records`, assigning a UUIDv7 to each record without an id.
+    pub(crate) fn encode(&mut self, records: &mut [Record]) -> EncodedBatch {
+        let mut batch = EncodedBatch {
+            data: Vec::with_capacity(records.len() * 256),
+            ends: Vec::with_capacity(records.len()),
+            ids: Vec::with_capacity(records.len()),
+        };
+        for record in records.iter_mut() {
+            let id = *record
+                .id
+                .get_or_insert_with(|| self.fresh.get_or_insert_with(V7Ids::new).next());
+            batch.ids.push(id);
+            encode_record(record, &mut batch.data, &mut self.scratch);
+            batch.ends.push(batch.data.len());
+        }
+        batch
+    }
+}
+
+/// UUIDv7 ids for one batch: one clock read and one draw from the thread-local CSPRNG per
+/// batch instead of a `getrandom` system call per id (`Uuid::now_v7`), which dominated small
+/// appends. Layout per RFC 9562: 48-bit Unix milliseconds, 12 random bits (`rand_a`) shared by
+/// the batch, and 62 bits (`rand_b`) that start at a random value below 2^61 and count up, so
+/// the ids of a batch are unique and ascending.
+struct V7Ids {
+    millis: u64,
+    rand_a: [u8; 2],
+    next_b: u64,
+}
+
+impl V7Ids {
+    fn new() -> Self {
+        let millis = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mut rng = rand::rng();
+        V7Ids {
+            millis,
+            rand_a: rng.random(),
+            next_b: rng.random::<u64>() >> 3,
+        }
+    }
+
+    fn next(&mut self) -> RecordId {
+        let mut bytes = [0u8; 10];
+        bytes[..2].copy_from_slice(&self.rand_a);
+        bytes[2..].copy_from_slice(&self.next_b.to_be_bytes());
+        self.next_b += 1;
+        let uuid = uuid::Builder::from_unix_timestamp_millis(self.millis, &bytes).into_uuid();
+        // A v7 UUID has version bits set, so it is never nil.
+        RecordId::from_uuid(uuid).unwrap_or_else(RecordId::new_v7)
     }
 }
 
@@ -174,6 +238,40 @@ mod tests {
             batch.bytes(),
             batch.iter().map(|b| b.len() as u64).sum::<u64>()
         );
+    }
+
+    #[test]
+    fn chunks_extend_into_one_batch() {
+        let mut records: Vec<Record> = (0..5)
+            .map(|i| Record::new("s", "a", i, Body::Json(json!(i))))
+            .collect();
+        let mut encoder = Encoder::default();
+        let (head, tail) = records.split_at_mut(2);
+        let mut batch = encoder.encode(head);
+        batch.extend(encoder.encode(tail));
+        assert_eq!(batch.len(), 5);
+        assert!(batch.ids.windows(2).all(|w| w[0] < w[1]), "one id sequence");
+        let decoded: Vec<Record> = batch.iter().map(|b| decode_record(b).unwrap()).collect();
+        assert_eq!(decoded, records);
+    }
+
+    #[test]
+    fn batch_ids_are_v7_unique_ascending_and_near_now() {
+        let mut ids = V7Ids::new();
+        let batch: Vec<RecordId> = (0..1000).map(|_| ids.next()).collect();
+        assert!(batch.windows(2).all(|w| w[0] < w[1]));
+        for id in &batch {
+            assert_eq!(id.as_uuid().get_version_num(), 7);
+            assert_eq!(id.as_uuid().get_variant(), uuid::Variant::RFC4122);
+        }
+        let (secs, _) = batch[0].as_uuid().get_timestamp().unwrap().to_unix();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(now.abs_diff(secs) < 5);
+        // Two batches in the same millisecond still differ.
+        assert_ne!(V7Ids::new().next(), V7Ids::new().next());
     }
 
     #[test]

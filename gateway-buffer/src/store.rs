@@ -13,6 +13,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::mpsc::Receiver;
 
 use gateway_proto::BufferPressure;
 use gateway_proto::clock::Clock;
@@ -22,6 +23,7 @@ use tokio::sync::watch;
 use crate::codec::{EncodedBatch, decode_record};
 use crate::leases::{LeaseBook, LiveLease, Slot};
 use crate::telemetry;
+use crate::writer::Chunk;
 use crate::{
     BufferConfig, BufferStats, DeadLetter, Error, EvictionReason, Lease, LeaseId, OverflowPolicy,
     StoredDeadLetter,
@@ -233,42 +235,109 @@ impl Store {
     /// Store an encoded batch (inside a transaction), evicting first if the policy says so.
     pub(crate) fn append(&mut self, batch: &EncodedBatch, now_ms: i64) -> Result<(), Failure> {
         let needed = batch.bytes();
-        let quota = self.config.quota_bytes;
-        if self.counts.bytes + needed > quota {
-            let unevictable = match self.config.overflow {
-                OverflowPolicy::RejectNewest => self.counts.bytes,
-                OverflowPolicy::DropOldest => self.book.leased_bytes(),
-            };
-            if needed > quota || unevictable + needed > quota {
-                return Err(Failure::Refused(Error::QuotaExceeded {
-                    needed,
-                    used: self.counts.bytes,
-                    quota,
-                    unevictable,
-                }));
-            }
-            let excess = self.counts.bytes + needed - quota;
+        if let Some(excess) = self.quota_excess(needed)? {
             self.evict_oldest(EvictionReason::Quota, |freed, _| freed >= excess)?;
         }
-        let mut insert = self
-            .conn
-            .prepare_cached("INSERT INTO records (seq, appended_ms, data) VALUES (?1, ?2, ?3)")
-            .map_err(|e| Failure::Storage(Error::sqlite(&self.path, "appending", e)))?;
         let mut seq = self.counts.next_seq;
-        for data in batch.iter() {
-            insert
-                .execute(params![seq, now_ms, data])
-                .map_err(|e| Failure::Storage(Error::sqlite(&self.path, "appending", e)))?;
-            seq += 1;
-        }
-        drop(insert);
-        let n = batch.len() as u64;
-        self.counts.next_seq = seq;
-        self.counts.records += n;
-        self.counts.bytes += needed;
-        self.counts.appended_total += n;
-        self.counts.appended_bytes_total += needed;
+        insert_rows(&self.conn, batch, &mut seq, now_ms).map_err(self.storage("appending"))?;
+        self.appended(batch, seq);
         Ok(())
+    }
+
+    /// Store a streamed append (inside a transaction): insert each chunk as it arrives while the
+    /// caller encodes the next, inside a savepoint so a refusal at the end (quota) undoes only
+    /// this append. Whatever happens, every chunk ends up in `batch`, so a replay can append it
+    /// whole; an abandoned stream leaves `batch` empty.
+    pub(crate) fn append_streamed(
+        &mut self,
+        batch: &mut EncodedBatch,
+        rest: Receiver<Chunk>,
+        now_ms: i64,
+    ) -> Result<(), Failure> {
+        let mut seq = self.counts.next_seq;
+        let inserted = self
+            .conn
+            .execute_batch("SAVEPOINT streamed_append")
+            .and_then(|()| insert_rows(&self.conn, batch, &mut seq, now_ms));
+        if let Err(e) = inserted {
+            collect_chunks(batch, &rest);
+            return Err(Failure::Storage(Error::sqlite(&self.path, "appending", e)));
+        }
+        let complete = loop {
+            match rest.recv() {
+                Ok(Chunk::Records(chunk)) => {
+                    if let Err(e) = insert_rows(&self.conn, &chunk, &mut seq, now_ms) {
+                        batch.extend(chunk);
+                        collect_chunks(batch, &rest);
+                        return Err(Failure::Storage(Error::sqlite(&self.path, "appending", e)));
+                    }
+                    batch.extend(chunk);
+                }
+                Ok(Chunk::Done) => break true,
+                Err(_) => break false,
+            }
+        };
+        let refusal = if complete {
+            match self.quota_excess(batch.bytes()) {
+                Ok(None) => None,
+                Ok(Some(excess)) => {
+                    // Feasible: older unleased records cover the excess, so eviction stops
+                    // before it reaches the rows just inserted.
+                    self.evict_oldest(EvictionReason::Quota, |freed, _| freed >= excess)?;
+                    None
+                }
+                Err(refused) => Some(refused),
+            }
+        } else {
+            *batch = EncodedBatch::default();
+            Some(Failure::Refused(Error::Closed))
+        };
+        let end = match refusal {
+            None => "RELEASE streamed_append",
+            Some(_) => "ROLLBACK TO streamed_append; RELEASE streamed_append",
+        };
+        self.conn
+            .execute_batch(end)
+            .map_err(self.storage("appending"))?;
+        match refusal {
+            Some(refused) => Err(refused),
+            None => {
+                self.appended(batch, seq);
+                Ok(())
+            }
+        }
+    }
+
+    /// `None` if `needed` more bytes fit under the quota; `Some(excess)` if evicting that many
+    /// bytes of unleased records makes them fit (policy `DropOldest`); a refusal otherwise.
+    fn quota_excess(&self, needed: u64) -> Result<Option<u64>, Failure> {
+        let quota = self.config.quota_bytes;
+        if self.counts.bytes + needed <= quota {
+            return Ok(None);
+        }
+        let unevictable = match self.config.overflow {
+            OverflowPolicy::RejectNewest => self.counts.bytes,
+            OverflowPolicy::DropOldest => self.book.leased_bytes(),
+        };
+        if needed > quota || unevictable + needed > quota {
+            return Err(Failure::Refused(Error::QuotaExceeded {
+                needed,
+                used: self.counts.bytes,
+                quota,
+                unevictable,
+            }));
+        }
+        Ok(Some(self.counts.bytes + needed - quota))
+    }
+
+    /// Count an appended batch whose rows end before `next_seq`.
+    fn appended(&mut self, batch: &EncodedBatch, next_seq: i64) {
+        let n = batch.len() as u64;
+        self.counts.next_seq = next_seq;
+        self.counts.records += n;
+        self.counts.bytes += batch.bytes();
+        self.counts.appended_total += n;
+        self.counts.appended_bytes_total += batch.bytes();
     }
 
     /// Remove a lease's records (inside a transaction).
@@ -821,6 +890,36 @@ impl Store {
             self.book.leased_bytes(),
             level,
         );
+    }
+}
+
+/// Insert the rows of `batch`, numbering them from `*seq`.
+fn insert_rows(
+    conn: &Connection,
+    batch: &EncodedBatch,
+    seq: &mut i64,
+    now_ms: i64,
+) -> rusqlite::Result<()> {
+    let mut insert =
+        conn.prepare_cached("INSERT INTO records (seq, appended_ms, data) VALUES (?1, ?2, ?3)")?;
+    for data in batch.iter() {
+        insert.execute(params![*seq, now_ms, data])?;
+        *seq += 1;
+    }
+    Ok(())
+}
+
+/// Take the rest of a stream into `batch`; an abandoned stream empties it.
+fn collect_chunks(batch: &mut EncodedBatch, rest: &Receiver<Chunk>) {
+    loop {
+        match rest.recv() {
+            Ok(Chunk::Records(chunk)) => batch.extend(chunk),
+            Ok(Chunk::Done) => return,
+            Err(_) => {
+                *batch = EncodedBatch::default();
+                return;
+            }
+        }
     }
 }
 

@@ -112,7 +112,7 @@ pub(crate) fn write_failed(error: &Error) {
     let kind = match error {
         Error::DiskFull { .. } => "disk_full",
         Error::QuotaExceeded { .. } => "quota_exceeded",
-        Error::LeaseNotFound { .. } | Error::InvalidArgument { .. } => return,
+        Error::LeaseNotFound { .. } | Error::InvalidArgument { .. } | Error::Closed => return,
         _ => "storage",
     };
     counter!("gateway_buffer_errors_total", "kind" => kind).increment(1);

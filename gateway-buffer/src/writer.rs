@@ -30,9 +30,11 @@ pub(crate) enum Command {
 
 /// A request that changes the file.
 pub(crate) enum Write {
-    /// Store records.
+    /// Store records. A large append streams: `batch` holds its first chunk and `rest` the
+    /// others, which the caller encodes while the writer inserts the ones before.
     Append {
         batch: EncodedBatch,
+        rest: Option<Receiver<Chunk>>,
         reply: Reply<()>,
     },
     /// Remove a lease's records.
@@ -45,6 +47,14 @@ pub(crate) enum Write {
     },
     /// Delete every dead letter.
     PurgeDeadLetters { reply: Reply<u64> },
+}
+
+/// A later part of a streamed append.
+pub(crate) enum Chunk {
+    /// More encoded records.
+    Records(EncodedBatch),
+    /// The append is complete. A stream that ends without it was abandoned by its caller.
+    Done,
 }
 
 /// A request that does not write records.
@@ -206,13 +216,13 @@ fn commit_group(store: &mut Store, group: &mut Vec<Write>) {
     if group.is_empty() {
         return;
     }
-    let group = std::mem::take(group);
+    let mut group = std::mem::take(group);
     let records: usize = group.iter().map(Write::records).sum();
     let span = tracing::debug_span!("gateway_buffer.commit", requests = group.len(), records);
     let _entered = span.enter();
     let started = Instant::now();
     if group.len() > 1 {
-        match run_in_one_transaction(store, &group) {
+        match run_in_one_transaction(store, &mut group) {
             Ok(answers) => {
                 telemetry::group(records as u64, started.elapsed().as_secs_f64());
                 for (write, answer) in group.into_iter().zip(answers) {
@@ -225,8 +235,8 @@ fn commit_group(store: &mut Store, group: &mut Vec<Write>) {
             }
         }
     }
-    for write in group {
-        let answer = match run_in_one_transaction(store, std::slice::from_ref(&write)) {
+    for mut write in group {
+        let answer = match run_in_one_transaction(store, std::slice::from_mut(&mut write)) {
             Ok(mut answers) => answers.pop().unwrap_or(Ok(Answer::Unit)),
             Err(e) => Err(e),
         };
@@ -239,14 +249,19 @@ fn commit_group(store: &mut Store, group: &mut Vec<Write>) {
 /// otherwise one answer per write (refusals are answers too).
 fn run_in_one_transaction(
     store: &mut Store,
-    group: &[Write],
+    group: &mut [Write],
 ) -> Result<Vec<Result<Answer, Error>>, Error> {
     store.begin()?;
     let now = store.now_ms();
     let mut answers = Vec::with_capacity(group.len());
-    for write in group {
+    for write in group.iter_mut() {
         let outcome = match write {
-            Write::Append { batch, .. } => store.append(batch, now).map(|()| Answer::Unit),
+            Write::Append { batch, rest, .. } => match rest.take() {
+                // Once streamed, the batch is complete: a replay appends it whole.
+                Some(rest) => store.append_streamed(batch, rest, now),
+                None => store.append(batch, now),
+            }
+            .map(|()| Answer::Unit),
             Write::Ack { lease, .. } => store.ack(*lease).map(|()| Answer::Unit),
             Write::DeadLetter {
                 lease, rejected, ..

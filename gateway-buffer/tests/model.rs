@@ -42,6 +42,8 @@ enum Op {
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => proptest::collection::vec(0usize..300, 0..6).prop_map(Op::Append),
+        // Large appends stream to the writer in chunks.
+        1 => (513usize..1300, 0usize..40).prop_map(|(n, len)| Op::Append(vec![len; n])),
         4 => (1usize..6, prop_oneof![Just(u64::MAX), 1u64..1200])
             .prop_map(|(max_records, max_bytes)| Op::Lease { max_records, max_bytes }),
         3 => (0usize..12).prop_map(Op::Ack),

@@ -348,3 +348,67 @@ async fn draining_gives_space_back_to_the_file_system() {
     assert!(ids.is_empty());
     buffer.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn large_appends_stream_and_stay_all_or_nothing() {
+    let unit = unit_size().await;
+    let (_dir, path) = temp_path();
+    let buffer = Buffer::open(&path, quota_of(3000, unit, OverflowPolicy::RejectNewest))
+        .await
+        .unwrap();
+    let receipt = buffer
+        .append((0..2000).map(|_| raw_record(100)).collect())
+        .await
+        .unwrap();
+    assert_eq!(receipt.ids.len(), 2000);
+    assert!(receipt.ids.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(receipt.bytes, 2000 * unit);
+    // A streamed append over the quota is refused whole, after it was streamed.
+    assert!(matches!(
+        buffer
+            .append((0..1001).map(|_| raw_record(100)).collect())
+            .await,
+        Err(Error::QuotaExceeded { .. })
+    ));
+    let stats = buffer.stats().await.unwrap();
+    assert_eq!((stats.records, stats.bytes), (2000, 2000 * unit));
+    assert_eq!(all_ids(&buffer).await, receipt.ids);
+    buffer.close().await.unwrap();
+
+    // Under drop_oldest the same append evicts the oldest to fit.
+    let buffer = Buffer::open(&path, quota_of(3000, unit, OverflowPolicy::DropOldest))
+        .await
+        .unwrap();
+    let more = buffer
+        .append((0..1001).map(|_| raw_record(100)).collect())
+        .await
+        .unwrap();
+    let stats = buffer.stats().await.unwrap();
+    assert_eq!((stats.records, stats.evicted_quota_total), (3000, 1));
+    let ids = all_ids(&buffer).await;
+    assert_eq!(ids[..1999], receipt.ids[1..]);
+    assert_eq!(ids[1999..], more.ids[..]);
+    buffer.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_streamed_append_that_fills_the_file_leaves_nothing_behind() {
+    let (_dir, path) = temp_path();
+    let config = BufferConfig {
+        max_file_bytes: Some(1024 * 1024),
+        ..Default::default()
+    };
+    let buffer = Buffer::open(&path, config).await.unwrap();
+    let kept = buffer
+        .append((0..100).map(|_| raw_record(1000)).collect())
+        .await
+        .unwrap();
+    let result = buffer
+        .append((0..3000).map(|_| raw_record(1000)).collect())
+        .await;
+    assert!(matches!(result, Err(Error::DiskFull { .. })), "{result:?}");
+    assert_eq!(buffer.stats().await.unwrap().records, 100);
+    assert_eq!(all_ids(&buffer).await, kept.ids);
+    buffer.append(vec![raw_record(1000)]).await.unwrap();
+    buffer.close().await.unwrap();
+}
