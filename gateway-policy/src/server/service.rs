@@ -151,6 +151,11 @@ impl<S: PolicyStore> PolicyServer<S> {
         self.tracker.abort(rollout, reason)
     }
 
+    /// Forget finished rollouts started before `before_ms` (see [`RolloutTracker::prune`]).
+    pub fn prune_rollouts(&mut self, before_ms: i64) -> usize {
+        self.tracker.prune(before_ms)
+    }
+
     /// Add or update a gateway's membership. Its desired versions change at once (outside any
     /// rollout); returns the updates to send if it is connected.
     pub fn register_gateway(&mut self, gateway: GatewayInfo, now_ms: i64) -> Result<Vec<Outgoing>> {

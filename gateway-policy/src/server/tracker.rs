@@ -1,6 +1,6 @@
 //! The rollout tracker.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
 use gateway_proto::{ErrorCode, PolicyState, PolicyStatus};
 use serde::{Deserialize, Serialize};
@@ -322,6 +322,8 @@ impl Rollout {
 pub struct RolloutTracker {
     targets: HashMap<String, BTreeMap<String, TargetStatus>>,
     rollouts: BTreeMap<RolloutId, Rollout>,
+    /// Rollouts with targets waiting to be released, so releasing never scans finished ones.
+    releasing: BTreeSet<RolloutId>,
     next_rollout: RolloutId,
 }
 
@@ -439,6 +441,7 @@ impl RolloutTracker {
             r.counts[state.index()] += 1;
             if state == TargetState::Pending {
                 r.unreleased.push_back(gateway.to_owned());
+                self.releasing.insert(r.id);
             }
         }
         self.targets
@@ -601,10 +604,12 @@ impl RolloutTracker {
         connected: impl Fn(&str) -> bool,
     ) -> Vec<(String, String)> {
         let mut out = Vec::new();
-        for rollout in self.rollouts.values_mut() {
-            if rollout.unreleased.is_empty() {
+        let mut drained = Vec::new();
+        for id in &self.releasing {
+            let Some(rollout) = self.rollouts.get_mut(id) else {
+                drained.push(*id);
                 continue;
-            }
+            };
             let mut budget = rollout.budget(now_ms);
             let mut waiting = VecDeque::new();
             while budget > 0 {
@@ -635,6 +640,12 @@ impl RolloutTracker {
             }
             waiting.append(&mut rollout.unreleased);
             rollout.unreleased = waiting;
+            if rollout.unreleased.is_empty() {
+                drained.push(*id);
+            }
+        }
+        for id in drained {
+            self.releasing.remove(&id);
         }
         out
     }
@@ -678,6 +689,26 @@ impl RolloutTracker {
                     .flatten()
             })
             .min()
+    }
+
+    /// Forget rollouts that are no longer in progress (completed or aborted) and started before
+    /// `before_ms`, so a long-running server does not keep every rollout ever made. Their
+    /// targets stay tracked; [`summary`](Self::summary) of a forgotten rollout is `None`.
+    /// Returns how many were forgotten.
+    pub fn prune(&mut self, before_ms: i64) -> usize {
+        let old: Vec<RolloutId> = self
+            .rollouts
+            .values()
+            .filter(|r| {
+                r.started_at_ms < before_ms && r.summary().state != RolloutState::InProgress
+            })
+            .map(|r| r.id)
+            .collect();
+        for id in &old {
+            self.rollouts.remove(id);
+            self.releasing.remove(id);
+        }
+        old.len()
     }
 
     /// Abort a rollout by hand: nothing more is released.

@@ -360,3 +360,177 @@ fn manual_abort_stops_releases_and_unknown_rollouts_are_errors() {
     );
     assert!(matches!(t.abort(99, "x"), Err(Error::UnknownRollout(99))));
 }
+
+#[test]
+fn prune_forgets_finished_rollouts_only() {
+    let mut t = RolloutTracker::new();
+    let done = t
+        .start_rollout("fw", 2, gws(2), StagedRollout::default(), 0)
+        .unwrap();
+    for g in send(&mut t, 0) {
+        t.handle_status(&g, &applied(2), 1);
+    }
+    let running = t
+        .start_rollout("dns", 1, gws(2), StagedRollout::default(), 5)
+        .unwrap();
+    let later = t
+        .start_rollout("ntp", 1, gws(1), StagedRollout::default(), 50)
+        .unwrap();
+    assert_eq!(t.prune(10), 1);
+    assert!(t.summary(done).is_none());
+    assert!(t.summary(running).is_some(), "still in progress");
+    assert!(t.summary(later).is_some(), "too recent");
+    // Targets of a forgotten rollout keep working.
+    assert_eq!(
+        t.status("gw-000", "fw").unwrap().state,
+        TargetState::Applied
+    );
+    t.handle_report("gw-000", "fw", Some(1), false, 60);
+    assert!(t.due_for("gw-000", 60).contains(&"fw".to_owned()));
+}
+
+mod model {
+    //! Random operation sequences: the per-rollout counters the tracker keeps incrementally must
+    //! always equal a recount over the targets, and staging limits must hold.
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Start {
+            version: u64,
+            gateways: Vec<u8>,
+            per_minute: Option<u32>,
+            percent: Option<u8>,
+            abort: bool,
+        },
+        SetDesired {
+            gateway: u8,
+            version: u64,
+        },
+        Clear {
+            gateway: u8,
+        },
+        Release {
+            connected_mask: u8,
+        },
+        Deliver {
+            gateway: u8,
+            patch: bool,
+        },
+        Status {
+            gateway: u8,
+            applied: bool,
+            code: u8,
+        },
+        Report {
+            gateway: u8,
+            in_sync: bool,
+        },
+        Tick {
+            ms: i64,
+        },
+        Abort,
+        Prune,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            2 => (1u64..5, prop::collection::vec(0u8..8, 0..8), prop::option::of(1u32..4), prop::option::of(1u8..=100), any::<bool>())
+                .prop_map(|(version, gateways, per_minute, percent, abort)| Op::Start { version, gateways, per_minute, percent, abort }),
+            1 => (0u8..8, 1u64..5).prop_map(|(gateway, version)| Op::SetDesired { gateway, version }),
+            1 => (0u8..8).prop_map(|gateway| Op::Clear { gateway }),
+            3 => any::<u8>().prop_map(|connected_mask| Op::Release { connected_mask }),
+            3 => (0u8..8, any::<bool>()).prop_map(|(gateway, patch)| Op::Deliver { gateway, patch }),
+            3 => (0u8..8, any::<bool>(), 0u8..4).prop_map(|(gateway, applied, code)| Op::Status { gateway, applied, code }),
+            1 => (0u8..8, any::<bool>()).prop_map(|(gateway, in_sync)| Op::Report { gateway, in_sync }),
+            1 => (0i64..90_000).prop_map(|ms| Op::Tick { ms }),
+            1 => Just(Op::Abort),
+            1 => Just(Op::Prune),
+        ]
+    }
+
+    fn name(g: u8) -> String {
+        format!("gw-{g}")
+    }
+
+    proptest! {
+        #[test]
+        fn counters_match_a_recount(ops in prop::collection::vec(op(), 1..60)) {
+            let mut t = RolloutTracker::new();
+            let mut now = 0i64;
+            let mut releases: Vec<(RolloutId, i64)> = Vec::new();
+            for op in ops {
+                match op {
+                    Op::Start { version, gateways, per_minute, percent, abort } => {
+                        let mut gws: Vec<String> = gateways.into_iter().map(name).collect();
+                        gws.sort();
+                        gws.dedup();
+                        let staging = StagedRollout {
+                            max_per_minute: per_minute,
+                            max_percent_in_flight: percent,
+                            abort: abort.then_some(AbortRule { rejected_percent: 50.0, min_reported: 2 }),
+                        };
+                        t.start_rollout("fw", version, gws, staging, now).unwrap();
+                    }
+                    Op::SetDesired { gateway, version } => t.set_desired(&name(gateway), "fw", version),
+                    Op::Clear { gateway } => t.clear_desired(&name(gateway), "fw"),
+                    Op::Release { connected_mask } => {
+                        for (g, _) in t.release(now, |g| {
+                            let i: u8 = g[3..].parse().unwrap();
+                            connected_mask & (1 << i) != 0
+                        }) {
+                            let rollout = t.status(&g, "fw").unwrap().rollout.unwrap();
+                            releases.push((rollout, now));
+                        }
+                    }
+                    Op::Deliver { gateway, patch } => {
+                        if t.status(&name(gateway), "fw").is_some_and(|s| s.released) {
+                            t.mark_delivered(&name(gateway), "fw", patch, now);
+                        }
+                    }
+                    Op::Status { gateway, applied, code } => {
+                        if let Some(desired) = t.status(&name(gateway), "fw").map(|s| s.desired_version) {
+                            let code = [ErrorCode::BaseMismatch, ErrorCode::ValidationFailed, ErrorCode::Internal, ErrorCode::ChecksumMismatch][code as usize].clone();
+                            let s = if applied { super::applied(desired) } else { rejected(desired, code) };
+                            t.handle_status(&name(gateway), &s, now);
+                        }
+                    }
+                    Op::Report { gateway, in_sync } => {
+                        let desired = t.status(&name(gateway), "fw").map(|s| s.desired_version);
+                        t.handle_report(&name(gateway), "fw", desired.filter(|_| in_sync), in_sync, now);
+                    }
+                    Op::Tick { ms } => now += ms,
+                    Op::Abort => {
+                        if let Some(last) = t.rollouts().last().map(|r| r.id) {
+                            t.abort(last, "test").unwrap();
+                        }
+                    }
+                    Op::Prune => {
+                        t.prune(now);
+                    }
+                }
+                for summary in t.rollouts() {
+                    let mine: Vec<&TargetStatus> = t.targets().filter(|s| s.rollout == Some(summary.id)).collect();
+                    let count = |state| mine.iter().filter(|s| s.state == state).count();
+                    prop_assert_eq!(summary.pending, count(TargetState::Pending), "{:?}", summary);
+                    prop_assert_eq!(summary.delivered, count(TargetState::Delivered));
+                    prop_assert_eq!(summary.applied, count(TargetState::Applied));
+                    prop_assert_eq!(summary.rejected, count(TargetState::Rejected));
+                    // No sliding minute ever saw more releases than the limit allows.
+                    if let Some(limit) = t.rollouts.get(&summary.id).and_then(|r| r.staging.max_per_minute) {
+                        let times: Vec<i64> = releases.iter().filter(|(r, _)| *r == summary.id).map(|(_, at)| *at).collect();
+                        for at in &times {
+                            let window = times.iter().filter(|t| **t > at - 60_000 && **t <= *at).count();
+                            prop_assert!(window <= limit as usize, "{} releases within a minute, limit {}", window, limit);
+                        }
+                    }
+                    if let Some(r) = t.rollouts.get(&summary.id) {
+                        let in_flight = mine.iter().filter(|s| s.released && s.state.in_flight()).count();
+                        prop_assert_eq!(r.in_flight, in_flight);
+                    }
+                }
+            }
+        }
+    }
+}
