@@ -131,6 +131,13 @@ pub enum Error {
         /// The error body.
         body: ErrorBody,
     },
+    /// A batch of queue operations was rolled back by a storage failure (logged where it
+    /// happened); the commands concerned stay where they were and are retried.
+    #[error("the command queue could not store a batch: {reason}")]
+    BatchFailed {
+        /// The storage error.
+        reason: String,
+    },
     /// The driver task has stopped; no more calls can be served.
     #[error("the control-channel driver has stopped")]
     DriverStopped,
@@ -155,7 +162,9 @@ impl Error {
                 ErrorCode::Unavailable
             }
             Error::DriverStopped => ErrorCode::Unavailable,
-            Error::Storage { .. } | Error::CorruptStore { .. } => ErrorCode::Internal,
+            Error::Storage { .. } | Error::CorruptStore { .. } | Error::BatchFailed { .. } => {
+                ErrorCode::Internal
+            }
         }
     }
 

@@ -4,7 +4,141 @@
 //! registration, heartbeats, presence, commands down and acknowledgements up — built to hold
 //! when the network does not.
 //!
-//! TODO crate docs
+//! ## Layers
+//!
+//! | layer | gateway end ([`gateway`]) | server end ([`server`], feature `server`) |
+//! |---|---|---|
+//! | sans-IO core (no clock, no tokio) | [`GatewaySession`] | [`ServerSession`], [`server::ServerConnection`], [`ControlPlane`] |
+//! | storage (SQLite) | [`gateway::SqliteJournal`] (executed ids, outcomes, pending acks) | [`SqliteCommandQueue`] (commands, timers, ack history), [`EventLog`] |
+//! | tokio driver | [`GatewayClient`] (tokio-tungstenite + rustls/ring) | [`Hub`] (axum `GET /v1/control`, REST fallback, operator API, SSE) |
+//! | REST fallback | [`gateway::RestPoller`] | [`Hub::router`] |
+//!
+//! The cores follow quinn-proto: inputs `connected`, `handle_frame(now, ..)`,
+//! `handle_timeout(now)`, `disconnected`; outputs `poll_transmit()`, `poll_event()`,
+//! `poll_timeout()`. Each type's docs give the call order. Time is always passed in, so the
+//! tests drive both ends through virtual time (`tests/common/mod.rs` has the in-memory
+//! `Pair`).
+//!
+//! ## Guarantees
+//!
+//! * **Commands run at most once per id** on the gateway: the journal records a command
+//!   before the application sees it; a redelivery is answered with the stored outcome; a
+//!   command interrupted by a crash is reported `failed`, never re-run.
+//! * **No outcome lost**: an outcome is journaled before it is queued, re-sent after a
+//!   reconnect or restart, and the server redelivers every unfinished command on each new
+//!   session, which the journal answers.
+//! * **Commands are stored before `enqueue` returns**, delivered per gateway by priority then
+//!   age, and move only forward through `queued → sent → received → in_progress →
+//!   succeeded | failed | rejected` (or `expired`, `timed_out`, `canceled`; see
+//!   [`CommandState`]). Their timers are stored with them: deadlines fire for gateways that
+//!   never return, and across server restarts. Late acknowledgements are recorded, never
+//!   applied backwards.
+//! * **Presence**: silent for 1.5 × the heartbeat interval means offline; session epochs keep
+//!   a late disconnect of an old session from marking a reconnected gateway offline.
+//! * **The link**: heartbeats carry a `StatusSnapshot`; two intervals without `heartbeat_ack`
+//!   mean the link is dead; reconnects use exponential backoff with full jitter
+//!   ([`backoff`]); frames produced while down wait in a bounded outbox and go out in order.
+//! * **Identity comes from the token** ([`gateway_proto::auth::Authenticator`]); a `hello`
+//!   naming another gateway gets an `identity_mismatch` error frame and a close. Unknown or
+//!   malformed frames get an `error` frame and the connection stays up.
+//!
+//! Every command state change and presence change is published to the [`EventLog`]
+//! (`command.state`, `command.progress`, `command.ack_ignored`, `gateway.online`,
+//! `gateway.offline`), which [`server::event_routes`] serves as resumable Server-Sent Events.
+//! Metrics (the `metrics` facade) are named `gateway_control_*`.
+//!
+//! ## Example: one handshake and one command, in memory
+//!
+//! ```
+//! use std::sync::Arc;
+//! use std::time::Instant;
+//! use gateway_control::gateway::{MemoryJournal, Outcome};
+//! use gateway_control::server::{ServerEvent, ServerSession, ServerSessionConfig, ServerTransmit};
+//! use gateway_control::{GatewayEvent, GatewaySession, GatewaySessionConfig, Transmit};
+//! use gateway_proto::auth::{Principal, Role};
+//! use gateway_proto::clock::ManualClock;
+//! use gateway_proto::{Command, CommandAckState, CommandId, ControlFrame, SessionId};
+//!
+//! let now = Instant::now();
+//! let mut gateway = GatewaySession::new(GatewaySessionConfig::new("gw-1"), MemoryJournal::new())?;
+//! let mut server = ServerSession::new(
+//!     ServerSessionConfig::default(),
+//!     Principal::new("acme", "gw-1", Role::Gateway), // from the bearer token
+//!     SessionId::new_v7(),
+//!     Arc::new(ManualClock::new(1_750_000_000_000)),
+//!     now,
+//! );
+//!
+//! // The session asks for a connection; the driver opens one and says so.
+//! assert_eq!(gateway.poll_transmit(), Some(Transmit::Connect));
+//! gateway.connected(now);
+//!
+//! // Carry frames both ways until both ends are quiet.
+//! fn exchange(gateway: &mut GatewaySession, server: &mut ServerSession, now: Instant) {
+//!     loop {
+//!         let mut moved = false;
+//!         while let Some(Transmit::Frame(frame)) = gateway.poll_transmit() {
+//!             server.handle_frame(now, frame);
+//!             moved = true;
+//!         }
+//!         while let Some(ServerTransmit::Frame(frame)) = server.poll_transmit() {
+//!             gateway.handle_frame(now, frame).unwrap();
+//!             moved = true;
+//!         }
+//!         if !moved {
+//!             return;
+//!         }
+//!     }
+//! }
+//! exchange(&mut gateway, &mut server, now);
+//! assert!(gateway.is_established());
+//! assert!(matches!(server.poll_event(), Some(ServerEvent::Established { .. })));
+//!
+//! // A command goes down; the application gets it once and reports the outcome.
+//! let id = CommandId::new_v7();
+//! let command = Command {
+//!     id,
+//!     kind: "flush".into(),
+//!     payload: serde_json::Value::Null,
+//!     priority: 0,
+//!     delivery_deadline_ms: None,
+//!     execution_timeout_ms: None,
+//!     target: None,
+//! };
+//! server.send(ControlFrame::Command(command))?;
+//! exchange(&mut gateway, &mut server, now);
+//! let handed_over = std::iter::from_fn(|| gateway.poll_event())
+//!     .filter(|e| matches!(e, GatewayEvent::Command(_)))
+//!     .count();
+//! assert_eq!(handed_over, 1);
+//! gateway.report_outcome(id, Outcome::succeeded())?;
+//! exchange(&mut gateway, &mut server, now);
+//! let acks: Vec<CommandAckState> = std::iter::from_fn(|| server.poll_event())
+//!     .filter_map(|e| match e {
+//!         ServerEvent::CommandAck(ack) => Some(ack.state),
+//!         _ => None,
+//!     })
+//!     .collect();
+//! assert_eq!(acks, [CommandAckState::Received, CommandAckState::Succeeded]);
+//! # Ok::<(), gateway_control::Error>(())
+//! ```
+//!
+//! ## Wiring a server and a gateway
+//!
+//! Server: open a [`SqliteCommandQueue`] and an [`EventLog`], build a [`Hub`], call
+//! [`Hub::spawn_timers`], and serve `hub.router()` (gateways) merged with
+//! `hub.operator_router()` and [`server::event_routes`] (operators). The application learns of
+//! sessions (with their `hello`, which carries `applied_policies`) and of frames the channel
+//! does not consume (`policy_status`) from [`Hub::subscribe`], pushes server → gateway frames
+//! (`policy_update`) with [`Hub::send_frame`], publishes its own events with
+//! [`EventLog::publish`], and enqueues commands with [`Hub::enqueue`].
+//!
+//! Gateway: open a [`gateway::SqliteJournal`] and start a [`GatewayClient`] (or
+//! [`GatewayClient::builder`] to announce applied policies in the first `hello`). Commands and
+//! `policy_update` frames arrive as [`GatewayEvent`]s; outcomes go back with
+//! [`GatewayHandle::report_outcome`], other frames (`policy_status`) with
+//! [`GatewayHandle::send`]; [`GatewayHandle::watch_state`] wakes whoever waits for the
+//! control channel to come back (the uplink).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

@@ -1,12 +1,14 @@
 //! [`ServerConnection`]: a [`ServerSession`] wired to the [`ControlPlane`], still without
 //! I/O — what the [`super::Hub`] runs per WebSocket, and what tests drive in memory.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
 use gateway_proto::{Command, ControlFrame, ErrorFrame, Hello, SessionId};
 
-use super::plane::ControlPlane;
+use super::plane::{ControlPlane, PlaneRequest};
+use super::queue::Resend;
 use super::session::{ServerEvent, ServerSession};
 use crate::{CloseReason, Error};
 
@@ -35,15 +37,21 @@ pub enum ConnectionEvent {
 }
 
 /// A [`ServerSession`] plus the glue to the control plane: an accepted `hello` starts presence
-/// and resends unfinished commands; heartbeats update presence; acknowledgements move
-/// commands (and pull the next ones); the end of the session updates presence.
+/// and asks for every unfinished command again; heartbeats update presence; acknowledgements
+/// become queue requests; the end of the session updates presence.
 ///
-/// Call [`drive`](Self::drive) after every input to the session, then drain the session's
-/// transmits.
+/// # Calling it
+///
+/// After every input to the session: [`drive`](Self::drive) (presence and events), then
+/// answer each [`poll_request`](Self::poll_request) with [`ControlPlane::apply`] and hand the
+/// answer to [`handle_reply`](Self::handle_reply) — in order; the hub batches many
+/// connections' requests into one transaction — then drain the session's transmits.
+/// [`run_requests`](Self::run_requests) does the request step synchronously.
 #[derive(Debug)]
 pub struct ServerConnection {
     session: ServerSession,
     epoch: Option<u64>,
+    requests: VecDeque<PlaneRequest>,
 }
 
 impl ServerConnection {
@@ -52,6 +60,7 @@ impl ServerConnection {
         ServerConnection {
             session,
             epoch: None,
+            requests: VecDeque::new(),
         }
     }
 
@@ -80,22 +89,45 @@ impl ServerConnection {
         }
     }
 
-    /// Deliver whatever queued commands fit the in-flight window now.
-    pub fn deliver(&mut self, plane: &ControlPlane) {
+    /// Ask for whatever queued commands fit the in-flight window now.
+    pub fn request_delivery(&mut self) {
         if self.session.is_established() {
-            match plane.deliverable(self.session.gateway_id()) {
-                Ok(commands) => self.send_commands(commands),
-                Err(e) => tracing::error!(error = %e, "could not take commands for delivery"),
+            self.requests.push_back(PlaneRequest::Deliver {
+                gateway_id: self.session.gateway_id().to_owned(),
+                resend: Resend::Nothing,
+            });
+        }
+    }
+
+    /// The next queue request to answer with [`ControlPlane::apply`].
+    pub fn poll_request(&mut self) -> Option<PlaneRequest> {
+        self.requests.pop_front()
+    }
+
+    /// The answer to the oldest request: commands to send, or an error for the gateway.
+    pub fn handle_reply(&mut self, reply: Result<Vec<Command>, Error>) {
+        match reply {
+            Ok(commands) => self.send_commands(commands),
+            Err(e) => {
+                let frame = ControlFrame::Error(ErrorFrame::new(e.code(), e.to_string()));
+                let _ = self.session.send(frame);
             }
         }
     }
 
-    fn reply_error(&mut self, error: &Error) {
-        let frame = ControlFrame::Error(ErrorFrame::new(error.code(), error.to_string()));
-        let _ = self.session.send(frame);
+    /// Answer every pending request now, one transaction each.
+    pub fn run_requests(&mut self, plane: &ControlPlane) {
+        while let Some(request) = self.poll_request() {
+            let reply = plane
+                .apply(vec![request])
+                .pop()
+                .unwrap_or_else(|| Ok(Vec::new()));
+            self.handle_reply(reply);
+        }
     }
 
-    /// Apply the session's pending events to `plane`; returns the events for the application.
+    /// Apply the session's pending events to presence; queue what needs the command queue;
+    /// return the events for the application.
     pub fn drive(
         &mut self,
         plane: &ControlPlane,
@@ -107,28 +139,24 @@ impl ServerConnection {
             match event {
                 ServerEvent::Established {
                     hello, session_id, ..
-                } => match plane.session_started(
-                    self.session.principal(),
-                    &hello,
-                    session_id,
-                    heartbeat_interval_ms,
-                ) {
-                    Ok((epoch, commands)) => {
-                        self.epoch = Some(epoch);
-                        out.push(ConnectionEvent::Established {
-                            session_id,
-                            epoch,
-                            hello: Arc::from(hello),
-                        });
-                        self.send_commands(commands);
-                    }
-                    Err(e) => {
-                        tracing::error!(gateway = %gateway_id, error = %e, "could not start a session");
-                        self.reply_error(&e);
-                        self.session
-                            .close(CloseReason::ProtocolError(e.to_string()));
-                    }
-                },
+                } => {
+                    let epoch = plane.session_started(
+                        self.session.principal(),
+                        &hello,
+                        session_id,
+                        heartbeat_interval_ms,
+                    );
+                    self.epoch = Some(epoch);
+                    out.push(ConnectionEvent::Established {
+                        session_id,
+                        epoch,
+                        hello: Arc::from(hello),
+                    });
+                    self.requests.push_back(PlaneRequest::Deliver {
+                        gateway_id,
+                        resend: Resend::Unfinished,
+                    });
+                }
                 ServerEvent::Heartbeat { status, .. } => {
                     if let Some(epoch) = self.epoch {
                         plane.seen(&gateway_id, epoch, Some(*status));
@@ -138,16 +166,15 @@ impl ServerConnection {
                     if let Some(epoch) = self.epoch {
                         plane.seen(&gateway_id, epoch, None);
                     }
-                    match plane.command_ack(&gateway_id, &ack) {
-                        Ok((_, next)) => self.send_commands(next),
-                        Err(e) => self.reply_error(&e),
-                    }
+                    self.requests
+                        .push_back(PlaneRequest::Ack { gateway_id, ack });
                 }
                 ServerEvent::Frame(frame) => out.push(ConnectionEvent::Frame(frame)),
                 ServerEvent::Closed { reason, .. } => {
                     if let Some(epoch) = self.epoch {
                         plane.session_ended(&gateway_id, epoch, &reason.to_string());
                     }
+                    self.requests.clear();
                     out.push(ConnectionEvent::Closed {
                         epoch: self.epoch,
                         reason,

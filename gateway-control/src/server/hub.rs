@@ -9,14 +9,14 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use gateway_proto::auth::{Authenticator, Principal};
 use gateway_proto::clock::Clock;
 use gateway_proto::{
-    CommandId, ControlFrame, Encoding, Hello, Limits, SessionId, WireMessage, decode_frame,
+    Command, CommandId, ControlFrame, Encoding, Hello, Limits, SessionId, WireMessage, decode_frame,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast, mpsc};
 
 use super::connection::{ConnectionEvent, ServerConnection};
 use super::events::EventLog;
-use super::plane::ControlPlane;
+use super::plane::{ControlPlane, PlaneRequest};
 use super::presence::GatewayPresence;
 use super::queue::{
     AckRecord, CommandFilter, CommandQueue, CommandRecord, NewCommand, StateChange,
@@ -127,6 +127,35 @@ enum ConnMsg {
     Deliver,
     Frame(Box<ControlFrame>),
     Close(CloseReason),
+    Reply(Result<Vec<Command>, Error>),
+}
+
+/// A connection's queue request, for the batching worker.
+struct WorkItem {
+    request: PlaneRequest,
+    reply: mpsc::UnboundedSender<ConnMsg>,
+}
+
+/// Most requests committed in one transaction.
+const MAX_BATCH: usize = 1_024;
+
+/// The group-commit worker: takes every request waiting, runs them in one transaction,
+/// answers each connection in order. A thread of its own, since SQLite blocks.
+fn run_worker(plane: Arc<ControlPlane>, mut work: mpsc::UnboundedReceiver<WorkItem>) {
+    while let Some(first) = work.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match work.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let (requests, replies): (Vec<_>, Vec<_>) =
+            batch.into_iter().map(|w| (w.request, w.reply)).unzip();
+        for (reply, result) in replies.into_iter().zip(plane.apply(requests)) {
+            let _ = reply.send(ConnMsg::Reply(result));
+        }
+    }
 }
 
 struct Conn {
@@ -136,7 +165,8 @@ struct Conn {
 }
 
 struct Inner {
-    plane: ControlPlane,
+    plane: Arc<ControlPlane>,
+    work: mpsc::UnboundedSender<WorkItem>,
     auth: Arc<dyn Authenticator>,
     config: HubConfig,
     clock: Arc<dyn Clock>,
@@ -187,10 +217,21 @@ impl Hub {
             config.max_in_flight_per_gateway,
             config.session.offline_after_intervals,
         );
+        let plane = Arc::new(plane);
+        let (work, work_rx) = mpsc::unbounded_channel();
+        let worker_plane = plane.clone();
+        std::thread::Builder::new()
+            .name("gateway-control-queue".into())
+            .spawn(move || run_worker(worker_plane, work_rx))
+            .map_err(|e| Error::InvalidConfig {
+                param: "hub",
+                reason: format!("could not start the queue worker thread: {e}"),
+            })?;
         let (hub_events, _) = broadcast::channel(config.hub_event_capacity);
         Ok(Hub {
             inner: Arc::new(Inner {
                 plane,
+                work,
                 auth,
                 config,
                 clock,
@@ -444,6 +485,7 @@ impl Connection {
         loop {
             self.flush().await;
             self.handle_events();
+            self.submit_requests();
             if self.conn.session().is_closed() {
                 self.flush().await;
                 break;
@@ -492,6 +534,18 @@ impl Connection {
                     };
                     let _ = self.socket.send(Message::Close(Some(frame))).await;
                 }
+            }
+        }
+    }
+
+    fn submit_requests(&mut self) {
+        while let Some(request) = self.conn.poll_request() {
+            let item = WorkItem {
+                request,
+                reply: self.tx.clone(),
+            };
+            if self.hub.inner.work.send(item).is_err() {
+                tracing::error!("the queue worker stopped");
             }
         }
     }
@@ -568,10 +622,8 @@ impl Connection {
 
     fn on_hub_message(&mut self, msg: ConnMsg) {
         match msg {
-            ConnMsg::Deliver => {
-                let hub = self.hub.clone();
-                self.conn.deliver(hub.plane());
-            }
+            ConnMsg::Deliver => self.conn.request_delivery(),
+            ConnMsg::Reply(reply) => self.conn.handle_reply(reply),
             ConnMsg::Frame(frame) => {
                 if let Err(e) = self.conn.session_mut().send(*frame) {
                     tracing::debug!(error = %e, "frame for a closing session dropped");

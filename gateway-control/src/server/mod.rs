@@ -17,11 +17,11 @@ pub use http::{ApiError, authenticate, event_routes, event_stream};
 pub use hub::{Hub, HubConfig, HubEvent};
 pub use plane::{
     ControlPlane, EVENT_COMMAND_ACK_IGNORED, EVENT_COMMAND_PROGRESS, EVENT_COMMAND_STATE,
-    EVENT_GATEWAY_OFFLINE, EVENT_GATEWAY_ONLINE,
+    EVENT_GATEWAY_OFFLINE, EVENT_GATEWAY_ONLINE, PlaneRequest,
 };
 pub use presence::{GatewayPresence, Presence, PresenceChange, Transport};
 pub use queue::{
     AckOutcome, AckRecord, CommandFilter, CommandQueue, CommandRecord, Delivery, NewCommand,
-    QueueConfig, Resend, SqliteCommandQueue, StateChange, Sweep,
+    QueueConfig, QueueOp, QueueOutput, Resend, SqliteCommandQueue, StateChange, Sweep,
 };
 pub use session::{ServerEvent, ServerSession, ServerSessionConfig, ServerTransmit};

@@ -11,7 +11,8 @@ use serde_json::json;
 use super::events::EventLog;
 use super::presence::{GatewayPresence, Presence, PresenceChange};
 use super::queue::{
-    AckOutcome, CommandFilter, CommandQueue, CommandRecord, NewCommand, Resend, StateChange,
+    AckOutcome, CommandFilter, CommandQueue, CommandRecord, NewCommand, QueueOp, QueueOutput,
+    Resend, StateChange,
 };
 use crate::{CommandState, Error};
 
@@ -25,6 +26,26 @@ pub const EVENT_COMMAND_ACK_IGNORED: &str = "command.ack_ignored";
 pub const EVENT_GATEWAY_ONLINE: &str = "gateway.online";
 /// Event kind of a gateway going offline.
 pub const EVENT_GATEWAY_OFFLINE: &str = "gateway.offline";
+
+/// A queue operation a connection needs, answered with the commands to send
+/// ([`ControlPlane::apply`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum PlaneRequest {
+    /// Commands to deliver now (`resend` selects what goes again, e.g. on a new session).
+    Deliver {
+        /// The gateway.
+        gateway_id: String,
+        /// What to send again.
+        resend: Resend,
+    },
+    /// Apply an acknowledgement; the answer holds the commands that then fit the window.
+    Ack {
+        /// The gateway that sent it.
+        gateway_id: String,
+        /// The acknowledgement.
+        ack: CommandAck,
+    },
+}
 
 /// The server-side logic of the control channel; see the [module docs](self).
 ///
@@ -161,15 +182,15 @@ impl ControlPlane {
 
     // ----- WebSocket sessions -----
 
-    /// A session was established: the gateway is online under a new epoch; returns the epoch
-    /// and every unfinished and deliverable command to send.
+    /// A session was established: the gateway is online under a new epoch; returns the epoch.
+    /// (Then deliver with [`PlaneRequest::Deliver`] and [`Resend::Unfinished`].)
     pub fn session_started(
         &self,
         principal: &Principal,
         hello: &Hello,
         session_id: SessionId,
         heartbeat_interval_ms: u64,
-    ) -> Result<(u64, Vec<Command>), Error> {
+    ) -> u64 {
         let now = self.now_ms();
         let (epoch, change) = self.presence_lock().session_started(
             &principal.tenant,
@@ -181,14 +202,7 @@ impl ControlPlane {
         if let Some(change) = change {
             self.publish_presence(&change);
         }
-        let delivery = self.queue.take_for_delivery(
-            &hello.gateway_id,
-            now,
-            self.max_in_flight,
-            Resend::Unfinished,
-        )?;
-        self.publish_delivery(&delivery.changes);
-        Ok((epoch, delivery.commands))
+        epoch
     }
 
     /// A heartbeat (or any frame, with `status: None`) from session `epoch`.
@@ -209,14 +223,7 @@ impl ControlPlane {
         Ok(delivery.commands)
     }
 
-    /// An acknowledgement from `gateway_id`. Publishes the change (or the ignored ack) and, when
-    /// the command finished, returns the next commands that now fit the in-flight window.
-    pub fn command_ack(
-        &self,
-        gateway_id: &str,
-        ack: &CommandAck,
-    ) -> Result<(AckOutcome, Vec<Command>), Error> {
-        let outcome = self.queue.record_ack(gateway_id, ack, self.now_ms())?;
+    fn publish_ack(&self, gateway_id: &str, ack: &CommandAck, outcome: &AckOutcome) {
         if let Some(change) = &outcome.change {
             self.publish_change(change);
         } else if outcome.progress {
@@ -239,12 +246,76 @@ impl ControlPlane {
                 }),
             );
         }
+    }
+
+    /// An acknowledgement from `gateway_id`. Publishes the change (or the ignored ack) and, when
+    /// the command finished, returns the next commands that now fit the in-flight window.
+    pub fn command_ack(
+        &self,
+        gateway_id: &str,
+        ack: &CommandAck,
+    ) -> Result<(AckOutcome, Vec<Command>), Error> {
+        let outcome = self.queue.record_ack(gateway_id, ack, self.now_ms())?;
+        self.publish_ack(gateway_id, ack, &outcome);
         let next = if outcome.applied && outcome.state.is_terminal() {
             self.deliverable(gateway_id)?
         } else {
             Vec::new()
         };
         Ok((outcome, next))
+    }
+
+    /// Run many connections' requests in one queue transaction (group commit), publish what
+    /// changed once it is committed, and answer each request with the commands to send.
+    pub fn apply(&self, requests: Vec<PlaneRequest>) -> Vec<Result<Vec<Command>, Error>> {
+        let count = requests.len();
+        let ops: Vec<QueueOp> = requests
+            .iter()
+            .map(|request| match request {
+                PlaneRequest::Deliver { gateway_id, resend } => QueueOp::Deliver {
+                    gateway_id: gateway_id.clone(),
+                    max_in_flight: self.max_in_flight,
+                    resend: *resend,
+                },
+                PlaneRequest::Ack { gateway_id, ack } => QueueOp::Ack {
+                    gateway_id: gateway_id.clone(),
+                    ack: ack.clone(),
+                    max_in_flight: self.max_in_flight,
+                },
+            })
+            .collect();
+        let results = match self.queue.apply(ops, self.now_ms()) {
+            Ok(results) => results,
+            Err(e) => {
+                tracing::error!(error = %e, "a batch of {count} queue operations failed");
+                let reason = e.to_string();
+                return (0..count)
+                    .map(|_| {
+                        Err(Error::BatchFailed {
+                            reason: reason.clone(),
+                        })
+                    })
+                    .collect();
+            }
+        };
+        metrics::histogram!("gateway_control_queue_batch_size").record(count as f64);
+        requests
+            .iter()
+            .zip(results)
+            .map(|(request, result)| match result? {
+                QueueOutput::Delivered(delivery) => {
+                    self.publish_delivery(&delivery.changes);
+                    Ok(delivery.commands)
+                }
+                QueueOutput::Acked { outcome, next } => {
+                    if let PlaneRequest::Ack { gateway_id, ack } = request {
+                        self.publish_ack(gateway_id, ack, &outcome);
+                    }
+                    self.publish_delivery(&next.changes);
+                    Ok(next.commands)
+                }
+            })
+            .collect()
     }
 
     /// Session `epoch` ended; the gateway goes offline unless a newer session took over.

@@ -311,6 +311,11 @@ impl Pair {
             let events = link.server.drive(&self.plane, interval);
             moved |= !events.is_empty();
             self.server_events.extend(events);
+            while let Some(request) = link.server.poll_request() {
+                moved = true;
+                let reply = self.plane.apply(vec![request]).pop().expect("one reply");
+                link.server.handle_reply(reply);
+            }
         }
         // Gateway application side.
         while let Some(event) = self.gateway.poll_event() {
@@ -415,7 +420,7 @@ impl Pair {
     pub fn enqueue(&mut self, command: NewCommand) -> CommandRecord {
         let record = self.plane.enqueue(command).unwrap();
         if let Some(link) = &mut self.link {
-            link.server.deliver(&self.plane);
+            link.server.request_delivery();
         }
         self.pump();
         record

@@ -322,6 +322,44 @@ pub enum Resend {
     Unfinished,
 }
 
+/// One operation of a [`CommandQueue::apply`] batch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QueueOp {
+    /// [`CommandQueue::take_for_delivery`].
+    Deliver {
+        /// The gateway.
+        gateway_id: String,
+        /// In-flight window.
+        max_in_flight: usize,
+        /// What to send again.
+        resend: Resend,
+    },
+    /// [`CommandQueue::record_ack`], then, if the command finished, a delivery of what now
+    /// fits the window.
+    Ack {
+        /// The gateway that reported.
+        gateway_id: String,
+        /// The acknowledgement.
+        ack: CommandAck,
+        /// In-flight window for the follow-up delivery.
+        max_in_flight: usize,
+    },
+}
+
+/// The result of one [`QueueOp`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum QueueOutput {
+    /// Commands taken for delivery.
+    Delivered(Delivery),
+    /// What the acknowledgement did, and the follow-up delivery.
+    Acked {
+        /// What the acknowledgement did.
+        outcome: AckOutcome,
+        /// Commands that now fit the window.
+        next: Delivery,
+    },
+}
+
 /// What a [`CommandQueue::sweep`] did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Sweep {
@@ -376,6 +414,49 @@ pub trait CommandQueue: Send + Sync + 'static {
         max_in_flight: usize,
         resend: Resend,
     ) -> Result<Delivery, Error>;
+
+    /// Run many delivery and acknowledgement operations, in order, in one transaction (group
+    /// commit: the hub batches what its connections need). The outer error is a storage
+    /// failure that rolled the whole batch back; inner errors concern one operation.
+    ///
+    /// The default runs each operation on its own.
+    fn apply(
+        &self,
+        ops: Vec<QueueOp>,
+        now_ms: i64,
+    ) -> Result<Vec<Result<QueueOutput, Error>>, Error> {
+        Ok(ops
+            .into_iter()
+            .map(|op| match op {
+                QueueOp::Deliver {
+                    gateway_id,
+                    max_in_flight,
+                    resend,
+                } => self
+                    .take_for_delivery(&gateway_id, now_ms, max_in_flight, resend)
+                    .map(QueueOutput::Delivered),
+                QueueOp::Ack {
+                    gateway_id,
+                    ack,
+                    max_in_flight,
+                } => self
+                    .record_ack(&gateway_id, &ack, now_ms)
+                    .and_then(|outcome| {
+                        let next = if outcome.applied && outcome.state.is_terminal() {
+                            self.take_for_delivery(
+                                &gateway_id,
+                                now_ms,
+                                max_in_flight,
+                                Resend::Nothing,
+                            )?
+                        } else {
+                            Delivery::default()
+                        };
+                        Ok(QueueOutput::Acked { outcome, next })
+                    }),
+            })
+            .collect())
+    }
 
     /// Apply an acknowledgement from `gateway_id` (forward only; always recorded).
     fn record_ack(

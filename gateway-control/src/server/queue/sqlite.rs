@@ -8,7 +8,7 @@ use rusqlite::{Connection, OptionalExtension, Row, Transaction, params};
 
 use super::{
     AckOutcome, AckRecord, CommandFilter, CommandQueue, CommandRecord, Delivery, NewCommand,
-    QueueConfig, Resend, StateChange, Sweep,
+    QueueConfig, QueueOp, QueueOutput, Resend, StateChange, Sweep,
 };
 use crate::{CommandState, Error};
 
@@ -350,6 +350,160 @@ impl SqliteCommandQueue {
     fn redeliver_at(&self, now_ms: i64) -> i64 {
         now_ms.saturating_add(self.config.redeliver_after_ms as i64)
     }
+
+    fn deliver_in(
+        &self,
+        tx: &Transaction<'_>,
+        gateway_id: &str,
+        now_ms: i64,
+        max_in_flight: usize,
+        resend: Resend,
+    ) -> Result<Delivery, Error> {
+        let mut delivery = Delivery::default();
+        let unfinished = select_many(
+            tx,
+            &format!(
+                "SELECT {COLUMNS} FROM commands WHERE gateway_id = ?1 \
+                     AND state IN ('sent', 'received', 'in_progress') ORDER BY priority DESC, seq"
+            ),
+            params![gateway_id],
+        )?;
+        if resend != Resend::Nothing {
+            for row in &unfinished {
+                let r = &row.record;
+                if resend == Resend::Sent && r.state != CommandState::Sent {
+                    continue;
+                }
+                if r.state == CommandState::Sent && now_ms >= r.delivery_deadline_ms {
+                    continue; // the sweep expires it
+                }
+                let redeliver_at = match r.state {
+                    CommandState::Sent => Some(self.redeliver_at(now_ms)),
+                    _ => row.redeliver_at_ms,
+                };
+                write(
+                    tx,
+                    Update {
+                        id: &r.id,
+                        state: r.state,
+                        now_ms,
+                        redeliver_at_ms: redeliver_at,
+                        step_deadline_ms: r.step_deadline_ms,
+                        delivery_deadline_ms: r.delivery_deadline_ms,
+                        attempts_delta: 1,
+                        detail: None,
+                        result: None,
+                    },
+                )?;
+                delivery.commands.push(r.to_command());
+            }
+        }
+        let room = max_in_flight.saturating_sub(unfinished.len());
+        if room == 0 {
+            return Ok(delivery);
+        }
+        let queued = select_many(
+            tx,
+            &format!(
+                "SELECT {COLUMNS} FROM commands WHERE gateway_id = ?1 AND state = 'queued' \
+                     AND delivery_deadline_ms > ?2 ORDER BY priority DESC, seq LIMIT ?3"
+            ),
+            params![gateway_id, now_ms, room as i64],
+        )?;
+        for row in queued {
+            let r = row.record;
+            write(
+                tx,
+                Update {
+                    id: &r.id,
+                    state: CommandState::Sent,
+                    now_ms,
+                    redeliver_at_ms: Some(self.redeliver_at(now_ms)),
+                    step_deadline_ms: None,
+                    delivery_deadline_ms: r.delivery_deadline_ms,
+                    attempts_delta: 1,
+                    detail: None,
+                    result: None,
+                },
+            )?;
+            delivery.commands.push(r.to_command());
+            delivery
+                .changes
+                .push(change(&r, CommandState::Sent, now_ms, None));
+        }
+        Ok(delivery)
+    }
+
+    fn ack_in(
+        &self,
+        tx: &Transaction<'_>,
+        gateway_id: &str,
+        ack: &CommandAck,
+        now_ms: i64,
+    ) -> Result<AckOutcome, Error> {
+        let row = select_one(tx, &ack.id)?.ok_or(Error::UnknownCommand { id: ack.id })?;
+        let r = row.record;
+        if r.gateway_id != gateway_id {
+            return Err(Error::WrongGateway {
+                id: ack.id,
+                gateway_id: gateway_id.to_owned(),
+            });
+        }
+        let reported = CommandState::from(ack.state);
+        let forward = !r.state.is_terminal() && reported.rank() > r.state.rank();
+        let progress = !r.state.is_terminal()
+            && r.state == CommandState::InProgress
+            && reported == CommandState::InProgress;
+        let applied = forward || progress;
+        tx.prepare_cached(
+            "INSERT INTO command_acks (command_id, at_ms, state, detail, result, applied) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )
+        .map_err(Error::queue)?
+        .execute(params![
+            ack.id.as_bytes().as_slice(),
+            now_ms,
+            ack.state.as_str(),
+            ack.detail,
+            ack.result.as_ref().map(|v| v.to_string()),
+            applied,
+        ])
+        .map_err(Error::queue)?;
+        if !applied {
+            return Ok(AckOutcome {
+                state: r.state,
+                applied: false,
+                change: None,
+                progress: false,
+            });
+        }
+        let step_deadline = match reported {
+            CommandState::Received | CommandState::InProgress => {
+                Some(now_ms.saturating_add(r.execution_timeout_ms.min(i64::MAX as u64 / 2) as i64))
+            }
+            _ => None,
+        };
+        write(
+            tx,
+            Update {
+                id: &r.id,
+                state: reported,
+                now_ms,
+                redeliver_at_ms: None,
+                step_deadline_ms: step_deadline,
+                delivery_deadline_ms: r.delivery_deadline_ms,
+                attempts_delta: 0,
+                detail: ack.detail.as_deref(),
+                result: ack.result.as_ref(),
+            },
+        )?;
+        Ok(AckOutcome {
+            state: reported,
+            applied: true,
+            change: forward.then(|| change(&r, reported, now_ms, ack.detail.clone())),
+            progress,
+        })
+    }
 }
 
 impl CommandQueue for SqliteCommandQueue {
@@ -377,81 +531,7 @@ impl CommandQueue for SqliteCommandQueue {
         max_in_flight: usize,
         resend: Resend,
     ) -> Result<Delivery, Error> {
-        self.with_tx(|tx| {
-            let mut delivery = Delivery::default();
-            let unfinished = select_many(
-                tx,
-                &format!(
-                    "SELECT {COLUMNS} FROM commands WHERE gateway_id = ?1 \
-                     AND state IN ('sent', 'received', 'in_progress') ORDER BY priority DESC, seq"
-                ),
-                params![gateway_id],
-            )?;
-            if resend != Resend::Nothing {
-                for row in &unfinished {
-                    let r = &row.record;
-                    if resend == Resend::Sent && r.state != CommandState::Sent {
-                        continue;
-                    }
-                    if r.state == CommandState::Sent && now_ms >= r.delivery_deadline_ms {
-                        continue; // the sweep expires it
-                    }
-                    let redeliver_at = match r.state {
-                        CommandState::Sent => Some(self.redeliver_at(now_ms)),
-                        _ => row.redeliver_at_ms,
-                    };
-                    write(
-                        tx,
-                        Update {
-                            id: &r.id,
-                            state: r.state,
-                            now_ms,
-                            redeliver_at_ms: redeliver_at,
-                            step_deadline_ms: r.step_deadline_ms,
-                            delivery_deadline_ms: r.delivery_deadline_ms,
-                            attempts_delta: 1,
-                            detail: None,
-                            result: None,
-                        },
-                    )?;
-                    delivery.commands.push(r.to_command());
-                }
-            }
-            let room = max_in_flight.saturating_sub(unfinished.len());
-            if room == 0 {
-                return Ok(delivery);
-            }
-            let queued = select_many(
-                tx,
-                &format!(
-                    "SELECT {COLUMNS} FROM commands WHERE gateway_id = ?1 AND state = 'queued' \
-                     AND delivery_deadline_ms > ?2 ORDER BY priority DESC, seq LIMIT ?3"
-                ),
-                params![gateway_id, now_ms, room as i64],
-            )?;
-            for row in queued {
-                let r = row.record;
-                write(
-                    tx,
-                    Update {
-                        id: &r.id,
-                        state: CommandState::Sent,
-                        now_ms,
-                        redeliver_at_ms: Some(self.redeliver_at(now_ms)),
-                        step_deadline_ms: None,
-                        delivery_deadline_ms: r.delivery_deadline_ms,
-                        attempts_delta: 1,
-                        detail: None,
-                        result: None,
-                    },
-                )?;
-                delivery.commands.push(r.to_command());
-                delivery
-                    .changes
-                    .push(change(&r, CommandState::Sent, now_ms, None));
-            }
-            Ok(delivery)
-        })
+        self.with_tx(|tx| self.deliver_in(tx, gateway_id, now_ms, max_in_flight, resend))
     }
 
     fn record_ack(
@@ -460,69 +540,56 @@ impl CommandQueue for SqliteCommandQueue {
         ack: &CommandAck,
         now_ms: i64,
     ) -> Result<AckOutcome, Error> {
+        self.with_tx(|tx| self.ack_in(tx, gateway_id, ack, now_ms))
+    }
+
+    fn apply(
+        &self,
+        ops: Vec<QueueOp>,
+        now_ms: i64,
+    ) -> Result<Vec<Result<QueueOutput, Error>>, Error> {
         self.with_tx(|tx| {
-            let row = select_one(tx, &ack.id)?.ok_or(Error::UnknownCommand { id: ack.id })?;
-            let r = row.record;
-            if r.gateway_id != gateway_id {
-                return Err(Error::WrongGateway {
-                    id: ack.id,
-                    gateway_id: gateway_id.to_owned(),
-                });
+            let mut out = Vec::with_capacity(ops.len());
+            for op in ops {
+                let result = match op {
+                    QueueOp::Deliver {
+                        gateway_id,
+                        max_in_flight,
+                        resend,
+                    } => self
+                        .deliver_in(tx, &gateway_id, now_ms, max_in_flight, resend)
+                        .map(QueueOutput::Delivered),
+                    QueueOp::Ack {
+                        gateway_id,
+                        ack,
+                        max_in_flight,
+                    } => self
+                        .ack_in(tx, &gateway_id, &ack, now_ms)
+                        .and_then(|outcome| {
+                            let next = if outcome.applied && outcome.state.is_terminal() {
+                                self.deliver_in(
+                                    tx,
+                                    &gateway_id,
+                                    now_ms,
+                                    max_in_flight,
+                                    Resend::Nothing,
+                                )?
+                            } else {
+                                Delivery::default()
+                            };
+                            Ok(QueueOutput::Acked { outcome, next })
+                        }),
+                };
+                // A storage failure rolls the whole batch back; refusals (unknown command,
+                // wrong gateway) happen before any write and only concern their own op.
+                if let Err(e) = &result
+                    && matches!(e, Error::Storage { .. } | Error::CorruptStore { .. })
+                {
+                    return Err(result.err().unwrap_or(Error::DriverStopped));
+                }
+                out.push(result);
             }
-            let reported = CommandState::from(ack.state);
-            let forward = !r.state.is_terminal() && reported.rank() > r.state.rank();
-            let progress = !r.state.is_terminal()
-                && r.state == CommandState::InProgress
-                && reported == CommandState::InProgress;
-            let applied = forward || progress;
-            tx.prepare_cached(
-                "INSERT INTO command_acks (command_id, at_ms, state, detail, result, applied) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            )
-            .map_err(Error::queue)?
-            .execute(params![
-                ack.id.as_bytes().as_slice(),
-                now_ms,
-                ack.state.as_str(),
-                ack.detail,
-                ack.result.as_ref().map(|v| v.to_string()),
-                applied,
-            ])
-            .map_err(Error::queue)?;
-            if !applied {
-                return Ok(AckOutcome {
-                    state: r.state,
-                    applied: false,
-                    change: None,
-                    progress: false,
-                });
-            }
-            let step_deadline = match reported {
-                CommandState::Received | CommandState::InProgress => Some(
-                    now_ms.saturating_add(r.execution_timeout_ms.min(i64::MAX as u64 / 2) as i64),
-                ),
-                _ => None,
-            };
-            write(
-                tx,
-                Update {
-                    id: &r.id,
-                    state: reported,
-                    now_ms,
-                    redeliver_at_ms: None,
-                    step_deadline_ms: step_deadline,
-                    delivery_deadline_ms: r.delivery_deadline_ms,
-                    attempts_delta: 0,
-                    detail: ack.detail.as_deref(),
-                    result: ack.result.as_ref(),
-                },
-            )?;
-            Ok(AckOutcome {
-                state: reported,
-                applied: true,
-                change: forward.then(|| change(&r, reported, now_ms, ack.detail.clone())),
-                progress,
-            })
+            Ok(out)
         })
     }
 
