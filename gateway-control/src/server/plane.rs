@@ -47,7 +47,8 @@ pub enum PlaneRequest {
     },
 }
 
-/// The server-side logic of the control channel; see the [module docs](self).
+/// The server-side logic of the control channel: the command queue, the presence registry
+/// and the event log tied together, without I/O of its own.
 ///
 /// Every command state change and presence change goes to the [`EventLog`]. Methods are
 /// synchronous and short (one SQLite transaction at most); the [`super::Hub`] calls them from

@@ -419,3 +419,193 @@ impl ServerSession {
             ))));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_proto::auth::Role;
+    use gateway_proto::clock::ManualClock;
+    use gateway_proto::{ErrorCode, PROTOCOL_VERSION};
+
+    fn session(now: Instant) -> ServerSession {
+        ServerSession::new(
+            ServerSessionConfig {
+                heartbeat_interval_ms: 1_000,
+                offline_after_intervals: 1.5,
+                handshake_timeout_ms: 500,
+            },
+            Principal::new("acme", "gw-1", Role::Gateway),
+            SessionId::new_v7(),
+            Arc::new(ManualClock::new(42)),
+            now,
+        )
+    }
+
+    fn hello(id: &str, min: u32, max: u32) -> ControlFrame {
+        ControlFrame::Hello(Hello {
+            gateway_id: id.into(),
+            protocol_version: max,
+            min_protocol_version: min,
+            capabilities: vec![],
+            applied_policies: vec![],
+            last_command_id: None,
+            software: "t".into(),
+        })
+    }
+
+    fn drain(s: &mut ServerSession) -> Vec<ServerTransmit> {
+        std::iter::from_fn(|| s.poll_transmit()).collect()
+    }
+
+    fn error_code(t: &ServerTransmit) -> ErrorCode {
+        match t {
+            ServerTransmit::Frame(ControlFrame::Error(e)) => e.code.clone(),
+            other => panic!("expected an error frame, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn welcome_carries_the_negotiated_version_interval_and_server_time() {
+        let now = Instant::now();
+        let mut s = session(now);
+        s.handle_frame(now, hello("gw-1", 1, PROTOCOL_VERSION + 5));
+        let out = drain(&mut s);
+        let ServerTransmit::Frame(ControlFrame::Welcome(w)) = &out[0] else {
+            panic!("{out:?}")
+        };
+        assert_eq!(w.protocol_version, PROTOCOL_VERSION);
+        assert_eq!(w.heartbeat_interval_ms, 1_000);
+        assert_eq!(w.server_time_ms, 42);
+        assert!(matches!(
+            s.poll_event(),
+            Some(ServerEvent::Established { .. })
+        ));
+    }
+
+    #[test]
+    fn identity_mismatch_and_version_mismatch_close_after_an_error_frame() {
+        let now = Instant::now();
+        let mut s = session(now);
+        s.handle_frame(now, hello("gw-2", 1, PROTOCOL_VERSION));
+        let out = drain(&mut s);
+        assert_eq!(error_code(&out[0]), ErrorCode::IdentityMismatch);
+        assert_eq!(out[1], ServerTransmit::Close(CloseReason::IdentityMismatch));
+        assert!(s.is_closed());
+
+        let mut s = session(now);
+        s.handle_frame(
+            now,
+            hello("gw-1", PROTOCOL_VERSION + 1, PROTOCOL_VERSION + 2),
+        );
+        let out = drain(&mut s);
+        assert_eq!(error_code(&out[0]), ErrorCode::UnsupportedProtocolVersion);
+        assert_eq!(
+            out[1],
+            ServerTransmit::Close(CloseReason::UnsupportedVersion)
+        );
+    }
+
+    #[test]
+    fn out_of_place_frames_get_errors_and_the_session_stays_up() {
+        let now = Instant::now();
+        let mut s = session(now);
+        let heartbeat = ControlFrame::Heartbeat(Heartbeat {
+            seq: 1,
+            status: crate::gateway::empty_status(),
+        });
+        s.handle_frame(now, heartbeat.clone());
+        assert_eq!(error_code(&drain(&mut s)[0]), ErrorCode::UnexpectedFrame);
+        s.handle_frame(now, hello("gw-1", 1, PROTOCOL_VERSION));
+        drain(&mut s);
+        s.handle_frame(now, hello("gw-1", 1, PROTOCOL_VERSION));
+        assert_eq!(error_code(&drain(&mut s)[0]), ErrorCode::UnexpectedFrame);
+        let welcome = ControlFrame::Welcome(Welcome {
+            session_id: SessionId::new_v7(),
+            protocol_version: 1,
+            heartbeat_interval_ms: 1,
+            server_time_ms: 0,
+        });
+        s.handle_frame(now, welcome);
+        assert_eq!(error_code(&drain(&mut s)[0]), ErrorCode::UnexpectedFrame);
+        let garbage = gateway_proto::decode_frame(
+            b"{\"type\":\"nope\"}",
+            gateway_proto::Encoding::Json,
+            &Default::default(),
+        )
+        .unwrap_err();
+        s.handle_decode_error(now, &garbage);
+        assert_eq!(error_code(&drain(&mut s)[0]), ErrorCode::UnknownFrame);
+        s.handle_frame(now, heartbeat);
+        assert!(matches!(
+            drain(&mut s)[0],
+            ServerTransmit::Frame(ControlFrame::HeartbeatAck(_))
+        ));
+        assert!(s.is_established());
+    }
+
+    #[test]
+    fn silence_and_missing_hello_close_on_time() {
+        let now = Instant::now();
+        let mut s = session(now);
+        assert_eq!(s.poll_timeout(), Some(now + Duration::from_millis(500)));
+        s.handle_timeout(now + Duration::from_millis(499));
+        assert!(!s.is_closed());
+        s.handle_timeout(now + Duration::from_millis(500));
+        assert_eq!(
+            drain(&mut s),
+            [ServerTransmit::Close(CloseReason::HandshakeTimeout)]
+        );
+
+        let mut s = session(now);
+        s.handle_frame(now, hello("gw-1", 1, PROTOCOL_VERSION));
+        let later = now + Duration::from_millis(800);
+        s.handle_frame(
+            later,
+            ControlFrame::PolicyStatus(gateway_proto::PolicyStatus {
+                name: "p".into(),
+                version: 1,
+                state: gateway_proto::PolicyState::Applied,
+                reason: None,
+                code: None,
+                running_version: None,
+            }),
+        );
+        // Any frame is a sign of life: the limit runs from the last one.
+        assert_eq!(s.poll_timeout(), Some(later + Duration::from_millis(1_500)));
+        s.handle_timeout(later + Duration::from_millis(1_500));
+        assert!(s.is_closed());
+        let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+        assert!(matches!(
+            events.last(),
+            Some(ServerEvent::Closed {
+                reason: CloseReason::Silent,
+                was_established: true
+            })
+        ));
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, ServerEvent::Frame(ControlFrame::PolicyStatus(_))))
+        );
+    }
+
+    #[test]
+    fn only_server_to_gateway_frames_can_be_sent_and_only_when_established() {
+        let now = Instant::now();
+        let mut s = session(now);
+        let update = ControlFrame::Error(gateway_proto::ErrorFrame::new(ErrorCode::Internal, "x"));
+        assert!(matches!(
+            s.send(update.clone()),
+            Err(Error::NotEstablished { .. })
+        ));
+        s.handle_frame(now, hello("gw-1", 1, PROTOCOL_VERSION));
+        assert!(s.send(update).is_ok());
+        assert!(matches!(
+            s.send(hello("gw-1", 1, 1)),
+            Err(Error::FrameNotAllowed {
+                frame_type: "hello",
+                ..
+            })
+        ));
+    }
+}

@@ -795,3 +795,251 @@ impl CommandQueue for SqliteCommandQueue {
             .map_err(Error::queue)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::queue::QueueOp;
+    use proptest::prelude::*;
+
+    const NOW: i64 = 1_750_000_000_000;
+
+    fn queue() -> SqliteCommandQueue {
+        SqliteCommandQueue::open_in_memory(QueueConfig {
+            redeliver_after_ms: 1_000,
+            ..QueueConfig::default()
+        })
+        .unwrap()
+    }
+
+    fn ack(id: CommandId, state: CommandAckState) -> CommandAck {
+        CommandAck {
+            id,
+            state,
+            detail: None,
+            result: None,
+        }
+    }
+
+    #[test]
+    fn enqueue_validates_and_stores_defaults() {
+        let q = queue();
+        let err = q
+            .enqueue(
+                NewCommand::new("gw", "x").delivery_deadline_ms(NOW - 1),
+                NOW,
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("delivery_deadline_ms"), "{err}");
+        assert!(q.enqueue(NewCommand::new("", "x"), NOW).is_err());
+        let r = q.enqueue(NewCommand::new("gw", "x"), NOW).unwrap();
+        assert_eq!(r.delivery_deadline_ms, NOW + 24 * 3_600_000);
+        assert_eq!(q.get(&r.id).unwrap().unwrap(), r);
+        assert_eq!(q.next_timer_ms().unwrap(), Some(r.delivery_deadline_ms));
+    }
+
+    #[test]
+    fn acks_only_move_forward_and_are_all_recorded() {
+        let q = queue();
+        let id = q.enqueue(NewCommand::new("gw", "x"), NOW).unwrap().id;
+        q.take_for_delivery("gw", NOW, 8, Resend::Nothing).unwrap();
+        let o = q
+            .record_ack("gw", &ack(id, CommandAckState::InProgress), NOW + 1)
+            .unwrap();
+        assert_eq!(o.state, CommandState::InProgress);
+        // `received` after `in_progress` is stale.
+        let o = q
+            .record_ack("gw", &ack(id, CommandAckState::Received), NOW + 2)
+            .unwrap();
+        assert!(!o.applied);
+        assert_eq!(o.state, CommandState::InProgress);
+        let o = q
+            .record_ack("gw", &ack(id, CommandAckState::Failed), NOW + 3)
+            .unwrap();
+        assert_eq!(o.change.unwrap().to, CommandState::Failed);
+        let o = q
+            .record_ack("gw", &ack(id, CommandAckState::Succeeded), NOW + 4)
+            .unwrap();
+        assert!(!o.applied);
+        assert_eq!(q.get(&id).unwrap().unwrap().state, CommandState::Failed);
+        let applied: Vec<bool> = q.acks(&id).unwrap().iter().map(|a| a.applied).collect();
+        assert_eq!(applied, [true, false, true, false]);
+        assert!(matches!(
+            q.record_ack("other", &ack(id, CommandAckState::Succeeded), NOW),
+            Err(Error::WrongGateway { .. })
+        ));
+        assert!(matches!(
+            q.record_ack(
+                "gw",
+                &ack(CommandId::new_v7(), CommandAckState::Succeeded),
+                NOW
+            ),
+            Err(Error::UnknownCommand { .. })
+        ));
+    }
+
+    #[test]
+    fn sweeps_redeliver_expire_and_time_out() {
+        let q = queue();
+        let sent = q
+            .enqueue(
+                NewCommand::new("gw", "a").delivery_deadline_ms(NOW + 5_000),
+                NOW,
+            )
+            .unwrap()
+            .id;
+        q.take_for_delivery("gw", NOW, 8, Resend::Nothing).unwrap();
+        let running = q
+            .enqueue(NewCommand::new("gw2", "b").execution_timeout_ms(3_000), NOW)
+            .unwrap()
+            .id;
+        q.take_for_delivery("gw2", NOW, 8, Resend::Nothing).unwrap();
+        q.record_ack("gw2", &ack(running, CommandAckState::Received), NOW)
+            .unwrap();
+
+        assert_eq!(
+            q.next_timer_ms().unwrap(),
+            Some(NOW + 1_000),
+            "redelivery first"
+        );
+        let sweep = q.sweep(NOW + 1_000).unwrap();
+        assert_eq!(sweep.redeliver.len(), 1);
+        assert_eq!(sweep.redeliver[0].id, sent);
+        assert!(sweep.changes.is_empty());
+        let sweep = q.sweep(NOW + 3_000).unwrap();
+        assert_eq!(sweep.changes.len(), 1);
+        assert_eq!(sweep.changes[0].to, CommandState::TimedOut);
+        let sweep = q.sweep(NOW + 5_000).unwrap();
+        assert_eq!(sweep.changes[0].to, CommandState::Expired);
+        assert_eq!(sweep.changes[0].id, sent);
+        assert_eq!(q.next_timer_ms().unwrap(), None);
+    }
+
+    #[test]
+    fn a_batch_runs_in_order_and_isolates_refusals() {
+        let q = queue();
+        let a = q.enqueue(NewCommand::new("gw", "a"), NOW).unwrap().id;
+        let b = q.enqueue(NewCommand::new("gw", "b"), NOW).unwrap().id;
+        let ops = vec![
+            QueueOp::Deliver {
+                gateway_id: "gw".into(),
+                max_in_flight: 1,
+                resend: Resend::Nothing,
+            },
+            QueueOp::Ack {
+                gateway_id: "gw".into(),
+                ack: ack(CommandId::new_v7(), CommandAckState::Succeeded),
+                max_in_flight: 1,
+            },
+            QueueOp::Ack {
+                gateway_id: "gw".into(),
+                ack: ack(a, CommandAckState::Succeeded),
+                max_in_flight: 1,
+            },
+        ];
+        let out = q.apply(ops, NOW).unwrap();
+        match &out[0] {
+            Ok(QueueOutput::Delivered(d)) => assert_eq!(d.commands[0].id, a),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(out[1], Err(Error::UnknownCommand { .. })));
+        match &out[2] {
+            Ok(QueueOutput::Acked { outcome, next }) => {
+                assert_eq!(outcome.state, CommandState::Succeeded);
+                assert_eq!(next.commands[0].id, b, "the window moved on to b");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn timers_and_states_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("q.db");
+        let id = {
+            let q = SqliteCommandQueue::open(&path, QueueConfig::default()).unwrap();
+            let id = q
+                .enqueue(NewCommand::new("gw", "x").execution_timeout_ms(2_000), NOW)
+                .unwrap()
+                .id;
+            q.take_for_delivery("gw", NOW, 8, Resend::Nothing).unwrap();
+            q.record_ack("gw", &ack(id, CommandAckState::Received), NOW)
+                .unwrap();
+            id
+        };
+        let q = SqliteCommandQueue::open(&path, QueueConfig::default()).unwrap();
+        assert_eq!(q.get(&id).unwrap().unwrap().state, CommandState::Received);
+        assert_eq!(q.next_timer_ms().unwrap(), Some(NOW + 2_000));
+        assert_eq!(
+            q.sweep(NOW + 2_000).unwrap().changes[0].to,
+            CommandState::TimedOut
+        );
+    }
+
+    #[derive(Debug, Clone)]
+    enum Step {
+        Deliver,
+        Ack(u8),
+        Sweep(i64),
+        Cancel(bool),
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            Just(Step::Deliver),
+            (0..5u8).prop_map(Step::Ack),
+            (0..20_000i64).prop_map(Step::Sweep),
+            any::<bool>().prop_map(Step::Cancel),
+        ]
+    }
+
+    proptest! {
+        /// Whatever arrives in whatever order, a command's rank never decreases and a terminal
+        /// state never changes.
+        #[test]
+        fn states_never_move_backwards(steps in proptest::collection::vec(step(), 1..30)) {
+            let q = queue();
+            let id = q
+                .enqueue(
+                    NewCommand::new("gw", "x")
+                        .delivery_deadline_ms(NOW + 10_000)
+                        .execution_timeout_ms(5_000),
+                    NOW,
+                )
+                .unwrap()
+                .id;
+            let mut now = NOW;
+            let mut last = CommandState::Queued;
+            for step in steps {
+                match step {
+                    Step::Deliver => {
+                        q.take_for_delivery("gw", now, 4, Resend::Unfinished).unwrap();
+                    }
+                    Step::Ack(n) => {
+                        let state = [
+                            CommandAckState::Received,
+                            CommandAckState::InProgress,
+                            CommandAckState::Succeeded,
+                            CommandAckState::Failed,
+                            CommandAckState::Rejected,
+                        ][n as usize];
+                        q.record_ack("gw", &ack(id, state), now).unwrap();
+                    }
+                    Step::Sweep(dt) => {
+                        now += dt;
+                        q.sweep(now).unwrap();
+                    }
+                    Step::Cancel(force) => {
+                        let _ = q.cancel(&id, force, now);
+                    }
+                }
+                let state = q.get(&id).unwrap().unwrap().state;
+                prop_assert!(state.rank() >= last.rank(), "{last:?} -> {state:?}");
+                if last.is_terminal() {
+                    prop_assert_eq!(state, last);
+                }
+                last = state;
+            }
+        }
+    }
+}
