@@ -139,3 +139,18 @@ pub use server::{
     TargetStatus, UpdatePlanner, build_update,
 };
 pub use signing::{PolicySigner, PolicyVerifier};
+
+/// The types integrators move into tasks or share behind a mutex must be `Send` (+ `Sync` for
+/// the read handle); this fails to compile if a change breaks that.
+#[allow(dead_code)]
+fn assert_thread_safe() {
+    fn send<T: Send>() {}
+    fn send_sync<T: Send + Sync>() {}
+    send::<PolicyApplier<FileAppliedStore>>();
+    send_sync::<PolicyReader>();
+    send_sync::<PolicySigner>();
+    #[cfg(feature = "server")]
+    send::<PolicyServer<SqlitePolicyStore>>();
+    #[cfg(feature = "server")]
+    send_sync::<SqlitePolicyStore>();
+}
