@@ -50,6 +50,8 @@
 //! ## Example: one handshake and one command, in memory
 //!
 //! ```
+//! # #[cfg(feature = "server")]
+//! # fn main() -> Result<(), gateway_control::Error> {
 //! use std::sync::Arc;
 //! use std::time::Instant;
 //! use gateway_control::gateway::{MemoryJournal, Outcome};
@@ -120,7 +122,10 @@
 //!     })
 //!     .collect();
 //! assert_eq!(acks, [CommandAckState::Received, CommandAckState::Succeeded]);
-//! # Ok::<(), gateway_control::Error>(())
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "server"))]
+//! # fn main() {}
 //! ```
 //!
 //! ## Wiring a server and a gateway
