@@ -3,8 +3,10 @@
 //! buffer`.
 //!
 //! ```text
-//! cargo run --release -p gateway-buffer --example throughput -- [records] [rounds]
+//! cargo run --release -p gateway-buffer --example throughput -- [records] [rounds] [only]
 //! ```
+//!
+//! `only` limits the run to one part: `raw`, `batch` (batched append and drain), `concurrent`.
 //!
 //! Prints, for the best of `rounds` rounds: batched append (1,024 records per call) against raw
 //! prepared INSERTs of the same rows, 64 concurrent single-record appenders under `Normal` and
@@ -85,6 +87,8 @@ async fn main() {
     let mut args = std::env::args().skip(1);
     let total: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(200_000);
     let rounds: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(3);
+    let only = args.next().unwrap_or_default();
+    let run = |part: &str| only.is_empty() || only == part;
     let batches: Vec<Vec<Record>> = (0..total.div_ceil(BATCH))
         .map(|b| (b * BATCH..(b + 1) * BATCH).map(record).collect())
         .collect();
@@ -106,29 +110,47 @@ async fn main() {
     let mut best = [Duration::MAX; 6];
     for _ in 0..rounds {
         let dir = tempfile::tempdir().unwrap();
-        best[0] = best[0].min(raw_baseline(dir.path(), &encoded));
-
-        let buffer = Buffer::open(dir.path().join("b.db"), config(Durability::Normal))
-            .await
-            .unwrap();
-        let input = batches.clone();
-        let start = Instant::now();
-        for records in input {
-            buffer.append(records).await.unwrap();
+        if run("raw") {
+            best[0] = best[0].min(raw_baseline(dir.path(), &encoded));
         }
-        best[1] = best[1].min(start.elapsed());
+        if run("batch") {
+            let buffer = Buffer::open(dir.path().join("b.db"), config(Durability::Normal))
+                .await
+                .unwrap();
+            let input = batches.clone();
+            let start = Instant::now();
+            for records in input {
+                buffer.append(records).await.unwrap();
+            }
+            best[1] = best[1].min(start.elapsed());
 
-        let start = Instant::now();
-        let mut drained = 0;
-        while let Some(lease) = buffer.lease(BATCH, 4 << 20).await.unwrap() {
-            drained += lease.records.len();
-            buffer.ack(lease.id).await.unwrap();
+            let start = Instant::now();
+            let mut drained = 0;
+            while let Some(lease) = buffer.lease(BATCH, 4 << 20).await.unwrap() {
+                drained += lease.records.len();
+                buffer.ack(lease.id).await.unwrap();
+            }
+            assert_eq!(drained, n);
+            best[2] = best[2].min(start.elapsed());
+
+            for records in batches.clone() {
+                buffer.append(records).await.unwrap();
+            }
+            let start = Instant::now();
+            let mut drained = 0;
+            while let Some(lease) = buffer.lease_encoded(BATCH, 4 << 20).await.unwrap() {
+                drained += lease.records.len();
+                buffer.ack(lease.id).await.unwrap();
+            }
+            assert_eq!(drained, n);
+            best[5] = best[5].min(start.elapsed());
+            buffer.close().await.unwrap();
         }
-        assert_eq!(drained, n);
-        best[2] = best[2].min(start.elapsed());
-        buffer.close().await.unwrap();
 
         for (slot, durability) in [(3, Durability::Normal), (4, Durability::Full)] {
+            if !run("concurrent") {
+                continue;
+            }
             let per_task = if durability == Durability::Full {
                 200
             } else {
@@ -181,6 +203,11 @@ async fn main() {
         "lease+ack drain           {}  = {:.2} x batched append",
         rate(n, best[2]),
         best[1].as_secs_f64() / best[2].as_secs_f64()
+    );
+    println!(
+        "lease_encoded+ack drain   {}  = {:.2} x batched append",
+        rate(n, best[5]),
+        best[1].as_secs_f64() / best[5].as_secs_f64()
     );
     println!("64 tasks x 1 record Normal {}", rate(n, best[3]));
     println!("64 tasks x 1 record Full   {}", rate(n, best[4]));

@@ -6,18 +6,19 @@ use std::sync::Arc;
 use std::sync::mpsc;
 
 use gateway_proto::clock::{Clock, SystemClock};
-use gateway_proto::{BufferPressure, Record};
+use gateway_proto::{BufferPressure, Bytes, Record};
 use tokio::sync::{oneshot, watch};
 use tracing::Instrument;
 
-use crate::codec::Encoder;
-use crate::store::{Signals, Store};
+use crate::codec::{Encoder, decode_record};
+use crate::store::{RawLease, Signals, Store};
 use crate::writer::{self, Chunk, Command, Read, Write};
 
 /// Records per chunk of a streamed append; appends up to twice this go in one piece.
 const STREAM_CHUNK: usize = 256;
 use crate::{
-    AppendReceipt, BufferConfig, BufferStats, DeadLetter, Error, Lease, LeaseId, StoredDeadLetter,
+    AppendReceipt, BufferConfig, BufferStats, DeadLetter, EncodedLease, Error, Lease, LeaseId,
+    StoredDeadLetter,
 };
 
 /// A durable store-and-forward queue of records in one SQLite file.
@@ -177,7 +178,86 @@ impl Buffer {
     /// available, even one bigger than `max_bytes`. `None` when nothing is available.
     ///
     /// The lease lasts `lease_timeout`; then its records return to the queue by themselves.
+    /// Records are decoded in the calling task, not on the writer thread. A stored record that
+    /// no longer decodes is moved to the dead letters (code `undecodable_record`) and left out.
     pub async fn lease(&self, max_records: usize, max_bytes: u64) -> Result<Option<Lease>, Error> {
+        loop {
+            let Some(raw) = self.lease_raw(max_records, max_bytes).await? else {
+                return Ok(None);
+            };
+            let mut records = Vec::with_capacity(raw.ends.len());
+            let mut bad = Vec::new();
+            let mut bad_bytes = 0;
+            for (index, stored) in raw.iter().enumerate() {
+                match decode_record(stored) {
+                    Ok(record) => records.push(record),
+                    Err(e) => {
+                        bad.push((index, e.0));
+                        bad_bytes += stored.len() as u64;
+                    }
+                }
+            }
+            if !bad.is_empty() {
+                let lease = raw.id;
+                let quarantined = self
+                    .call(|reply| Command::Read(Read::Quarantine { lease, bad, reply }))
+                    .await;
+                if let Err(e) = quarantined {
+                    let _ = self.release(lease).await;
+                    return Err(e);
+                }
+                if records.is_empty() {
+                    // Nothing left in it; look again.
+                    let _ = self.release(lease).await;
+                    continue;
+                }
+            }
+            return Ok(Some(Lease {
+                id: raw.id,
+                records,
+                bytes: raw.bytes - bad_bytes,
+                expires_at_ms: raw.expires_at_ms,
+            }));
+        }
+    }
+
+    /// Like [`lease`](Buffer::lease), but the records come as stored: each a protobuf
+    /// `gateway.v1.Record` message (id set), ready to be framed into a `gateway.v1.Batch`
+    /// (field 3) without decoding and re-encoding. They are not validated here; a damaged one
+    /// goes out as is, and the far end's per-record refusal lets the caller dead-letter it.
+    /// `ack`, `release` and `dead_letter` work the same (indices into `records`).
+    pub async fn lease_encoded(
+        &self,
+        max_records: usize,
+        max_bytes: u64,
+    ) -> Result<Option<EncodedLease>, Error> {
+        let Some(raw) = self.lease_raw(max_records, max_bytes).await? else {
+            return Ok(None);
+        };
+        let data = Bytes::from(raw.data);
+        let mut start = 0;
+        let records = raw
+            .ends
+            .iter()
+            .map(|&end| {
+                let record = data.slice(start..end);
+                start = end;
+                record
+            })
+            .collect();
+        Ok(Some(EncodedLease {
+            id: raw.id,
+            records,
+            bytes: raw.bytes,
+            expires_at_ms: raw.expires_at_ms,
+        }))
+    }
+
+    async fn lease_raw(
+        &self,
+        max_records: usize,
+        max_bytes: u64,
+    ) -> Result<Option<RawLease>, Error> {
         if max_records == 0 {
             return Err(Error::InvalidArgument {
                 param: "max_records",

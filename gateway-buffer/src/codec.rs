@@ -8,9 +8,11 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use gateway_proto::{Body, Record, RecordId, pb};
-use prost::Message;
-use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+use gateway_proto::{Body, Record, RecordId};
+use prost::encoding::{
+    DecodeContext, WireType, decode_key, decode_varint, encode_key, encode_varint,
+    encoded_len_varint, skip_field,
+};
 use rand::Rng;
 
 /// Records encoded back to back in one allocation, with their ids.
@@ -63,7 +65,6 @@ impl EncodedBatch {
 #[derive(Default)]
 pub(crate) struct Encoder {
     fresh: Option<V7Ids>,
-    scratch: Vec<u8>,
 }
 
 impl Encoder {
@@ -79,7 +80,7 @@ impl Encoder {
                 .id
                 .get_or_insert_with(|| self.fresh.get_or_insert_with(V7Ids::new).next());
             batch.ids.push(id);
-            encode_record(record, &mut batch.data, &mut self.scratch);
+            encode_record(record, &mut batch.data);
             batch.ends.push(batch.data.len());
         }
         batch
@@ -132,8 +133,36 @@ fn len_delimited_len(tag: u32, len: usize) -> usize {
     prost::encoding::key_len(tag) + encoded_len_varint(len as u64) + len
 }
 
-/// Append the protobuf encoding of `record` to `buf`. `scratch` is reused for JSON text.
-pub(crate) fn encode_record(record: &Record, buf: &mut Vec<u8>, scratch: &mut Vec<u8>) {
+/// Field 6 (`json`): the JSON text serialized straight into `buf` behind a two-byte length
+/// placeholder, then the length written in place (moving the text when its varint is not two
+/// bytes long), so no scratch buffer or second serialization is needed.
+fn put_json(value: &serde_json::Value, buf: &mut Vec<u8>) {
+    encode_key(6, WireType::LengthDelimited, buf);
+    let at = buf.len();
+    buf.extend_from_slice(&[0, 0]);
+    // Writing a `serde_json::Value` into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *buf, value);
+    let len = buf.len() - at - 2;
+    match encoded_len_varint(len as u64) {
+        1 => {
+            buf[at] = len as u8;
+            buf.copy_within(at + 2.., at + 1);
+            buf.truncate(buf.len() - 1);
+        }
+        2 => {
+            buf[at] = (len as u8 & 0x7f) | 0x80;
+            buf[at + 1] = (len >> 7) as u8;
+        }
+        _ => {
+            let mut prefix = Vec::with_capacity(10);
+            encode_varint(len as u64, &mut prefix);
+            buf.splice(at..at + 2, prefix);
+        }
+    }
+}
+
+/// Append the protobuf encoding of `record` to `buf`.
+pub(crate) fn encode_record(record: &Record, buf: &mut Vec<u8>) {
     if let Some(id) = &record.id {
         put_len_delimited(1, id.as_bytes(), buf);
     }
@@ -169,12 +198,7 @@ pub(crate) fn encode_record(record: &Record, buf: &mut Vec<u8>, scratch: &mut Ve
         }
     }
     match &record.body {
-        Body::Json(value) => {
-            scratch.clear();
-            // Writing a `serde_json::Value` into a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut *scratch, value);
-            put_len_delimited(6, scratch, buf);
-        }
+        Body::Json(value) => put_json(value, buf),
         Body::Raw(bytes) => put_len_delimited(7, bytes, buf),
     }
 }
@@ -183,26 +207,137 @@ pub(crate) fn encode_record(record: &Record, buf: &mut Vec<u8>, scratch: &mut Ve
 #[derive(Debug)]
 pub(crate) struct DecodeError(pub(crate) String);
 
-/// Decode one stored record. Stored records always carry an id.
+/// Decode one stored record straight from its protobuf bytes — what `pb::Record::decode` and
+/// gateway-proto's `TryFrom` do together (a proptest holds it to that on arbitrary bytes),
+/// without the intermediate message: JSON is parsed from the slice, the id read in place.
+/// Unknown fields are skipped, so records written by a newer release still read. Stored records
+/// always carry an id.
 pub(crate) fn decode_record(bytes: &[u8]) -> Result<Record, DecodeError> {
-    let message = pb::Record::decode(bytes).map_err(|e| DecodeError(format!("protobuf: {e}")))?;
-    let record = Record::try_from(message).map_err(|e| DecodeError(e.to_string()))?;
-    if record.id.is_none() {
+    let mut buf = bytes;
+    let mut id: &[u8] = &[];
+    let mut stream = String::new();
+    let mut source = String::new();
+    let mut timestamp_ms = 0i64;
+    let mut attributes = std::collections::BTreeMap::new();
+    let mut body: Option<RawBody<'_>> = None;
+    while !buf.is_empty() {
+        let (tag, wire_type) = decode_key(&mut buf).map_err(protobuf)?;
+        let expected = match tag {
+            1..=3 | 5..=7 => Some(WireType::LengthDelimited),
+            4 => Some(WireType::Varint),
+            _ => None,
+        };
+        match expected {
+            None => {
+                skip_field(wire_type, tag, &mut buf, DecodeContext::default()).map_err(protobuf)?;
+                continue;
+            }
+            Some(expected) if expected != wire_type => {
+                return Err(DecodeError(format!(
+                    "protobuf: field {tag} has wire type {wire_type:?}, expected {expected:?}"
+                )));
+            }
+            Some(_) => {}
+        }
+        match tag {
+            1 => id = take_len(&mut buf)?,
+            2 => stream = take_str(&mut buf)?.to_owned(),
+            3 => source = take_str(&mut buf)?.to_owned(),
+            4 => timestamp_ms = decode_varint(&mut buf).map_err(protobuf)? as i64,
+            5 => {
+                let (key, value) = map_entry(take_len(&mut buf)?)?;
+                attributes.insert(key, value);
+            }
+            6 => body = Some(RawBody::Json(take_str(&mut buf)?)),
+            _ => body = Some(RawBody::Raw(take_len(&mut buf)?)),
+        }
+    }
+    if id.is_empty() {
         return Err(DecodeError("stored record has no id".into()));
     }
-    Ok(record)
+    let id = uuid::Uuid::from_slice(id)
+        .ok()
+        .and_then(RecordId::from_uuid)
+        .ok_or_else(|| {
+            DecodeError(format!(
+                "id: not a non-nil 16-byte UUID ({} bytes)",
+                id.len()
+            ))
+        })?;
+    let body = match body {
+        Some(RawBody::Json(text)) => Body::Json(
+            serde_json::from_str(text).map_err(|e| DecodeError(format!("body.json: {e}")))?,
+        ),
+        Some(RawBody::Raw(bytes)) => Body::Raw(gateway_proto::Bytes::copy_from_slice(bytes)),
+        None => return Err(DecodeError("body: missing".into())),
+    };
+    Ok(Record {
+        id: Some(id),
+        stream,
+        source,
+        timestamp_ms,
+        attributes,
+        body,
+    })
+}
+
+enum RawBody<'a> {
+    Json(&'a str),
+    Raw(&'a [u8]),
+}
+
+fn protobuf(e: prost::DecodeError) -> DecodeError {
+    DecodeError(format!("protobuf: {e}"))
+}
+
+fn take_len<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], DecodeError> {
+    let len = decode_varint(buf).map_err(protobuf)?;
+    if len > buf.len() as u64 {
+        return Err(DecodeError("protobuf: buffer underflow".into()));
+    }
+    let (value, rest) = buf.split_at(len as usize);
+    *buf = rest;
+    Ok(value)
+}
+
+fn take_str<'a>(buf: &mut &'a [u8]) -> Result<&'a str, DecodeError> {
+    std::str::from_utf8(take_len(buf)?).map_err(|_| {
+        DecodeError("protobuf: invalid string value: data is not UTF-8 encoded".into())
+    })
+}
+
+/// One `map<string, string>` entry.
+fn map_entry(mut entry: &[u8]) -> Result<(String, String), DecodeError> {
+    let (mut key, mut value) = ("", "");
+    while !entry.is_empty() {
+        let (tag, wire_type) = decode_key(&mut entry).map_err(protobuf)?;
+        match (tag, wire_type) {
+            (1, WireType::LengthDelimited) => key = take_str(&mut entry)?,
+            (2, WireType::LengthDelimited) => value = take_str(&mut entry)?,
+            (1 | 2, other) => {
+                return Err(DecodeError(format!(
+                    "protobuf: map entry field {tag} has wire type {other:?}"
+                )));
+            }
+            _ => skip_field(wire_type, tag, &mut entry, DecodeContext::default())
+                .map_err(protobuf)?,
+        }
+    }
+    Ok((key.to_owned(), value.to_owned()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use gateway_proto::Bytes;
+    use gateway_proto::pb;
     use proptest::prelude::*;
+    use prost::Message;
     use serde_json::json;
 
     fn same_as_prost(record: &Record) {
         let mut ours = Vec::new();
-        encode_record(record, &mut ours, &mut Vec::new());
+        encode_record(record, &mut ours);
         let theirs = pb::Record::from(record).encode_to_vec();
         assert_eq!(ours, theirs, "{record:?}");
     }
@@ -219,6 +354,16 @@ mod tests {
             .with_attribute("", "v")
             .with_attribute("host", "pc-12");
         same_as_prost(&r);
+    }
+
+    #[test]
+    fn json_bodies_of_every_length_prefix_match_prost() {
+        for len in [
+            0, 1, 100, 125, 126, 127, 128, 200, 16_380, 16_381, 16_382, 16_383, 16_384, 70_000,
+        ] {
+            let r = Record::new("s", "a", 1, Body::Json(json!("x".repeat(len))));
+            same_as_prost(&r);
+        }
     }
 
     #[test]
@@ -281,7 +426,6 @@ mod tests {
         encode_record(
             &Record::new("s", "a", 1, Body::Raw(Bytes::new())),
             &mut bytes,
-            &mut Vec::new(),
         );
         assert!(decode_record(&bytes).is_err());
     }
@@ -309,13 +453,53 @@ mod tests {
             })
     }
 
+    /// The reference: prost's message, then gateway-proto's validation.
+    fn decode_via_prost(bytes: &[u8]) -> Option<Record> {
+        let record = Record::try_from(pb::Record::decode(bytes).ok()?).ok()?;
+        record.id.is_some().then_some(record)
+    }
+
+    fn arb_encoded() -> impl Strategy<Value = Vec<u8>> {
+        prop_oneof![
+            // Real records, then damaged.
+            (arb_record(), any::<usize>(), any::<u8>(), any::<bool>()).prop_map(
+                |(r, at, byte, damage)| {
+                    let mut bytes = pb::Record::from(&r).encode_to_vec();
+                    if damage && !bytes.is_empty() {
+                        let at = at % bytes.len();
+                        bytes[at] = byte;
+                    }
+                    bytes
+                }
+            ),
+            // Real records with an unknown field appended (a newer release's record).
+            (
+                arb_record(),
+                8u32..200,
+                proptest::collection::vec(any::<u8>(), 0..8)
+            )
+                .prop_map(|(r, tag, extra)| {
+                    let mut bytes = pb::Record::from(&r).encode_to_vec();
+                    prost::encoding::bytes::encode(tag, &extra, &mut bytes);
+                    bytes
+                }),
+            proptest::collection::vec(any::<u8>(), 0..64),
+        ]
+    }
+
     proptest! {
+        #[test]
+        fn decoding_agrees_with_prost_on_any_bytes(bytes in arb_encoded()) {
+            let ours = decode_record(&bytes).ok();
+            prop_assert_eq!(ours, decode_via_prost(&bytes));
+        }
+
         #[test]
         fn encoding_equals_prost_and_round_trips(record in arb_record()) {
             same_as_prost(&record);
             if record.id.is_some() {
                 let mut bytes = Vec::new();
-                encode_record(&record, &mut bytes, &mut Vec::new());
+                encode_record(&record, &mut bytes);
                 prop_assert_eq!(decode_record(&bytes).unwrap(), record);
             }
         }

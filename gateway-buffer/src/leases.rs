@@ -102,11 +102,6 @@ impl LeaseBook {
         self.returned.insert(slot.seq, slot);
     }
 
-    /// Move the cursor forward past rows that were consumed without being leased (quarantined).
-    pub(crate) fn advance_cursor(&mut self, seq: i64) {
-        self.cursor = self.cursor.max(seq);
-    }
-
     /// Hand out `slots` (taken from `returned` or from the rows after the cursor, ascending) as
     /// a new lease expiring at `expires_at_ms`.
     pub(crate) fn grant(&mut self, slots: Vec<Slot>, expires_at_ms: i64) -> LeaseId {
@@ -148,6 +143,25 @@ impl LeaseBook {
         self.leased_records -= lease.slots.len() as u64;
         self.leased_bytes -= lease.bytes;
         Some(lease)
+    }
+
+    /// Take the records at `indices` out of a live lease (they left the queue); the rest stay
+    /// leased.
+    pub(crate) fn detach(&mut self, id: LeaseId, indices: &[usize]) {
+        let Some(lease) = self.live.get_mut(&id) else {
+            return;
+        };
+        let mut index = 0;
+        lease.slots.retain(|slot| {
+            let keep = !indices.contains(&index);
+            index += 1;
+            if !keep {
+                lease.bytes -= slot.size;
+                self.leased_records -= 1;
+                self.leased_bytes -= slot.size;
+            }
+            keep
+        });
     }
 
     /// Put back a lease taken by `remove` (undo).
@@ -220,6 +234,17 @@ mod tests {
         assert_eq!(seqs, vec![1, 2, 3]);
         assert_eq!((book.leased_records(), book.leased_bytes()), (0, 0));
         assert_eq!(book.cursor(), 3, "the cursor never moves back");
+    }
+
+    #[test]
+    fn detach_drops_records_from_a_live_lease() {
+        let mut book = LeaseBook::new(1);
+        let a = book.grant(vec![slot(1), slot(2), slot(3)], 10);
+        book.detach(a, &[0, 2]);
+        assert_eq!(book.get(a).unwrap().slots, vec![slot(2)]);
+        assert_eq!((book.leased_records(), book.leased_bytes()), (1, 10));
+        book.release(a);
+        assert_eq!(book.returned().count(), 1);
     }
 
     #[test]

@@ -123,7 +123,8 @@ pub use buffer::Buffer;
 pub use config::{BufferConfig, Durability, MIN_FILE_BYTES, OverflowPolicy};
 pub use error::Error;
 pub use types::{
-    AppendReceipt, BufferStats, DeadLetter, EvictionReason, Lease, LeaseId, StoredDeadLetter,
+    AppendReceipt, BufferStats, DeadLetter, EncodedLease, EvictionReason, Lease, LeaseId,
+    StoredDeadLetter,
 };
 
 /// The newest on-disk format version this release reads and writes.

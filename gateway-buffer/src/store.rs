@@ -21,11 +21,12 @@ use rusqlite::{Connection, params};
 use tokio::sync::watch;
 
 use crate::codec::{EncodedBatch, decode_record};
+
 use crate::leases::{LeaseBook, LiveLease, Slot};
 use crate::telemetry;
 use crate::writer::Chunk;
 use crate::{
-    BufferConfig, BufferStats, DeadLetter, Error, EvictionReason, Lease, LeaseId, OverflowPolicy,
+    BufferConfig, BufferStats, DeadLetter, Error, EvictionReason, LeaseId, OverflowPolicy,
     StoredDeadLetter,
 };
 
@@ -40,6 +41,30 @@ const VACUUM_MIN_FREE_PAGES: i64 = 256;
 
 /// Dead-letter code for stored records that no longer decode.
 pub(crate) const UNDECODABLE_CODE: &str = "undecodable_record";
+
+/// A lease as the writer hands it out: the stored bytes, decoded by the caller.
+#[derive(Debug)]
+pub(crate) struct RawLease {
+    pub(crate) id: LeaseId,
+    /// The stored records back to back.
+    pub(crate) data: Vec<u8>,
+    /// End offset of each record in `data`.
+    pub(crate) ends: Vec<usize>,
+    pub(crate) bytes: u64,
+    pub(crate) expires_at_ms: i64,
+}
+
+impl RawLease {
+    /// The stored records in order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        let mut start = 0;
+        self.ends.iter().map(move |&end| {
+            let slice = &self.data[start..end];
+            start = end;
+            slice
+        })
+    }
+}
 
 /// Why a write operation did not happen.
 #[derive(Debug)]
@@ -536,17 +561,18 @@ impl Store {
         self.publish_levels();
     }
 
-    /// Lease the oldest records nobody holds.
+    /// Lease the oldest records nobody holds, as stored (the caller decodes them, off this
+    /// thread).
     pub(crate) fn lease(
         &mut self,
         max_records: usize,
         max_bytes: u64,
         now_ms: i64,
-    ) -> Result<Option<Lease>, Error> {
+    ) -> Result<Option<RawLease>, Error> {
         let mut slots: Vec<Slot> = Vec::new();
-        let mut records = Vec::new();
+        let mut data = Vec::new();
+        let mut ends = Vec::new();
         let mut bytes = 0u64;
-        let mut undecodable: Vec<(Slot, Vec<u8>, String)> = Vec::new();
         let mut full = false;
         let fits = |bytes: u64, size: u64, taken: usize| taken == 0 || bytes + size <= max_bytes;
 
@@ -562,22 +588,18 @@ impl Store {
                     full = true;
                     break;
                 }
-                let data: Vec<u8> = read
-                    .query_row([slot.seq], |r| r.get(0))
-                    .map_err(|e| Error::sqlite(&self.path, "leasing", e))?;
-                match decode_record(&data) {
-                    Ok(record) => {
-                        bytes += slot.size;
-                        records.push(record);
-                        slots.push(slot);
-                    }
-                    Err(e) => undecodable.push((slot, data, e.0)),
-                }
+                read.query_row([slot.seq], |r| {
+                    data.extend_from_slice(r.get_ref(0)?.as_blob()?);
+                    Ok(())
+                })
+                .map_err(|e| Error::sqlite(&self.path, "leasing", e))?;
+                ends.push(data.len());
+                bytes += slot.size;
+                slots.push(slot);
             }
         }
 
         // 2. Rows after the cursor, which nobody has seen since open.
-        let mut cursor = self.book.cursor();
         if !full && slots.len() < max_records {
             let mut read = self
                 .conn
@@ -587,37 +609,26 @@ impl Store {
                 .map_err(self.sql("leasing"))?;
             let limit = i64::try_from(max_records - slots.len()).unwrap_or(i64::MAX);
             let mut rows = read
-                .query(params![cursor, limit])
+                .query(params![self.book.cursor(), limit])
                 .map_err(self.sql("leasing"))?;
             while let Some(row) = rows.next().map_err(self.sql("leasing"))? {
-                let seq: i64 = row.get(0).map_err(self.sql("leasing"))?;
-                let appended_ms: i64 = row.get(1).map_err(self.sql("leasing"))?;
-                let data = row.get_ref(2).map_err(self.sql("leasing"))?;
-                let data = data
-                    .as_blob()
-                    .map_err(|e| Error::sqlite(&self.path, "leasing", rusqlite::Error::from(e)))?;
+                let blob = row
+                    .get_ref(2)
+                    .and_then(|v| v.as_blob().map_err(rusqlite::Error::from))
+                    .map_err(self.sql("leasing"))?;
                 let slot = Slot {
-                    seq,
-                    size: data.len() as u64,
-                    appended_ms,
+                    seq: row.get(0).map_err(self.sql("leasing"))?,
+                    size: blob.len() as u64,
+                    appended_ms: row.get(1).map_err(self.sql("leasing"))?,
                 };
                 if !fits(bytes, slot.size, slots.len()) {
                     break;
                 }
-                cursor = seq;
-                match decode_record(data) {
-                    Ok(record) => {
-                        bytes += slot.size;
-                        records.push(record);
-                        slots.push(slot);
-                    }
-                    Err(e) => undecodable.push((slot, data.to_vec(), e.0)),
-                }
+                data.extend_from_slice(blob);
+                ends.push(data.len());
+                bytes += slot.size;
+                slots.push(slot);
             }
-        }
-        self.book.advance_cursor(cursor);
-        if !undecodable.is_empty() {
-            self.quarantine(undecodable, now_ms);
         }
         if slots.is_empty() {
             return Ok(None);
@@ -625,53 +636,68 @@ impl Store {
         let expires_at_ms = now_ms.saturating_add(self.config.lease_timeout_ms());
         let id = self.book.grant(slots, expires_at_ms);
         self.publish_levels();
-        Ok(Some(Lease {
+        Ok(Some(RawLease {
             id,
-            records,
+            data,
+            ends,
             bytes,
             expires_at_ms,
         }))
     }
 
-    /// Move records that no longer decode to the dead letters, so they stop blocking the queue.
-    fn quarantine(&mut self, bad: Vec<(Slot, Vec<u8>, String)>, now_ms: i64) {
-        let result = self.begin().map_err(Failure::Storage).and_then(|()| {
-            for (slot, data, reason) in &bad {
-                tracing::error!(seq = slot.seq, %reason, "stored record does not decode; moving it to the dead letters");
-                if self.book.take_returned(slot.seq).is_some() {
-                    self.undo.push(Undo::Returned(*slot));
-                }
-                self.conn
-                    .execute(
-                        "INSERT INTO dead_letters (record, code, reason, at_ms) VALUES (?1, ?2, ?3, ?4)",
-                        params![data, UNDECODABLE_CODE, reason, now_ms],
-                    )
-                    .map_err(self.storage("quarantining"))?;
-            }
-            let mut slots: Vec<Slot> = bad.iter().map(|(s, _, _)| *s).collect();
-            slots.sort_unstable_by_key(|s| s.seq);
-            delete_slots(&self.conn, &slots).map_err(self.storage("quarantining"))?;
-            let n = bad.len() as u64;
-            self.counts.records -= n;
-            self.counts.bytes -= slots.iter().map(|s| s.size).sum::<u64>();
-            self.counts.dead_letters += n;
-            self.counts.undecodable_total += n;
-            self.trim_dead_letters()
-        });
-        let result = match result {
-            Ok(()) => self.commit(),
-            Err(Failure::Refused(e) | Failure::Storage(e)) => {
-                self.rollback();
-                Err(e)
-            }
+    /// Move records of a lease that no longer decode (by index in the lease) to the dead
+    /// letters, so they stop blocking the queue; the rest of the lease stays live.
+    pub(crate) fn quarantine(
+        &mut self,
+        id: LeaseId,
+        bad: &[(usize, String)],
+        now_ms: i64,
+    ) -> Result<(), Error> {
+        let Some(lease) = self.book.get(id) else {
+            return Err(Error::LeaseNotFound { lease: id });
         };
-        if let Err(e) = result {
-            // They stay in the file; put the ones after the cursor back in reach.
-            tracing::error!(error = %e, "could not quarantine undecodable records; will retry");
-            for (slot, _, _) in bad {
-                self.book.restore_returned(slot);
-            }
+        let mut doomed = Vec::with_capacity(bad.len());
+        for (index, _) in bad {
+            let Some(slot) = lease.slots.get(*index) else {
+                return Err(Error::InvalidArgument {
+                    param: "index",
+                    reason: format!("{index} is out of range for lease {id}"),
+                });
+            };
+            doomed.push(*slot);
         }
+        self.begin()?;
+        let result = (|| {
+            let mut copy = self.conn.prepare_cached(
+                "INSERT INTO dead_letters (record, code, reason, at_ms)
+                 SELECT data, ?2, ?3, ?4 FROM records WHERE seq = ?1",
+            )?;
+            for (slot, (_, reason)) in doomed.iter().zip(bad) {
+                tracing::error!(seq = slot.seq, %reason, "stored record does not decode; moving it to the dead letters");
+                copy.execute(params![slot.seq, UNDECODABLE_CODE, reason, now_ms])?;
+            }
+            let mut sorted = doomed.clone();
+            sorted.sort_unstable_by_key(|s| s.seq);
+            delete_slots(&self.conn, &sorted)
+        })();
+        if let Err(e) = result {
+            self.rollback();
+            return Err(Error::sqlite(&self.path, "quarantining", e));
+        }
+        let n = doomed.len() as u64;
+        self.counts.records -= n;
+        self.counts.bytes -= doomed.iter().map(|s| s.size).sum::<u64>();
+        self.counts.dead_letters += n;
+        self.counts.undecodable_total += n;
+        if let Err(Failure::Refused(e) | Failure::Storage(e)) = self.trim_dead_letters() {
+            self.rollback();
+            return Err(e);
+        }
+        self.commit()?;
+        let indices: Vec<usize> = bad.iter().map(|(i, _)| *i).collect();
+        self.book.detach(id, &indices);
+        self.publish_levels();
+        Ok(())
     }
 
     /// Return a lease's records to the queue.

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use gateway_proto::{BufferPressure, Record, RecordId};
+use gateway_proto::{BufferPressure, Bytes, Record, RecordId};
 use serde::Serialize;
 
 /// What a successful [`Buffer::append`](crate::Buffer::append) committed.
@@ -42,6 +42,20 @@ pub struct Lease {
     pub bytes: u64,
     /// When the lease expires and its records return to the queue (ms since the Unix epoch, by
     /// the buffer's clock).
+    pub expires_at_ms: i64,
+}
+
+/// A lease whose records are still in their stored form; see
+/// [`Buffer::lease_encoded`](crate::Buffer::lease_encoded).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EncodedLease {
+    /// The lease's id.
+    pub id: LeaseId,
+    /// The records, oldest first, each a protobuf `gateway.v1.Record` message with its id set.
+    pub records: Vec<Bytes>,
+    /// Encoded bytes of the records.
+    pub bytes: u64,
+    /// When the lease expires (ms since the Unix epoch, by the buffer's clock).
     pub expires_at_ms: i64,
 }
 

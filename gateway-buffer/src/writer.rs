@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 use crate::codec::EncodedBatch;
-use crate::store::{Failure, Store};
+use crate::store::{Failure, RawLease, Store};
 use crate::telemetry;
-use crate::{BufferStats, DeadLetter, Error, Lease, LeaseId, StoredDeadLetter};
+use crate::{BufferStats, DeadLetter, Error, LeaseId, StoredDeadLetter};
 
 /// Where a request's answer goes.
 pub(crate) type Reply<T> = oneshot::Sender<Result<T, Error>>;
@@ -63,7 +63,13 @@ pub(crate) enum Read {
     Lease {
         max_records: usize,
         max_bytes: u64,
-        reply: Reply<Option<Lease>>,
+        reply: Reply<Option<RawLease>>,
+    },
+    /// Move records of a lease that do not decode to the dead letters.
+    Quarantine {
+        lease: LeaseId,
+        bad: Vec<(usize, String)>,
+        reply: Reply<()>,
     },
     /// Return a lease's records.
     Release { lease: LeaseId, reply: Reply<()> },
@@ -174,6 +180,9 @@ fn serve_read(store: &mut Store, read: Read, next_maintenance: &mut Instant, int
             let _span =
                 tracing::debug_span!("gateway_buffer.lease", max_records, max_bytes).entered();
             let _ = reply.send(store.lease(max_records, max_bytes, now));
+        }
+        Read::Quarantine { lease, bad, reply } => {
+            let _ = reply.send(store.quarantine(lease, &bad, now));
         }
         Read::Release { lease, reply } => {
             let _ = reply.send(store.release(lease));
