@@ -692,3 +692,60 @@ async fn operators_enqueue_over_http_and_follow_events_with_resumable_sse() {
         .unwrap();
     assert_eq!(response.status(), 403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_session_supersedes_the_old_one_whose_late_close_keeps_the_gateway_online() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), None, HubConfig::default());
+    let mut old = raw_connect(&server.url(), "gw-1-token", Encoding::Json).await;
+    send(&mut old, &hello("gw-1"), Encoding::Json).await;
+    assert!(matches!(
+        recv(&mut old, Encoding::Json).await,
+        ControlFrame::Welcome(_)
+    ));
+    let (_, old_epoch) = server.hub.session_of("gw-1").unwrap();
+
+    let mut new = raw_connect(&server.url(), "gw-1-token", Encoding::Json).await;
+    send(&mut new, &hello("gw-1"), Encoding::Json).await;
+    assert!(matches!(
+        recv(&mut new, Encoding::Json).await,
+        ControlFrame::Welcome(_)
+    ));
+    // The old connection is closed by the server...
+    loop {
+        match recv_message(&mut old).await {
+            Message::Close(_) => break,
+            Message::Text(_) | Message::Binary(_) => continue,
+            _ => continue,
+        }
+    }
+    drop(old);
+    // ...and its end does not take the gateway offline: the new epoch owns the presence.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, new_epoch) = server.hub.session_of("gw-1").unwrap();
+    assert!(new_epoch > old_epoch);
+    let presence = server.hub.presence("gw-1").unwrap();
+    assert!(presence.online);
+    assert_eq!(presence.epoch, new_epoch);
+    assert!(
+        server
+            .hub
+            .events()
+            .since(0, 100)
+            .iter()
+            .all(|e| e.kind != "gateway.offline")
+    );
+    send(
+        &mut new,
+        &ControlFrame::Heartbeat(gateway_proto::Heartbeat {
+            seq: 1,
+            status: gateway_control::gateway::empty_status(),
+        }),
+        Encoding::Json,
+    )
+    .await;
+    assert!(matches!(
+        recv(&mut new, Encoding::Json).await,
+        ControlFrame::HeartbeatAck(_)
+    ));
+}
