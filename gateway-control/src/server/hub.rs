@@ -483,9 +483,10 @@ impl Connection {
     async fn run(mut self) {
         metrics::counter!("gateway_control_connections_total").increment(1);
         loop {
-            self.flush().await;
+            // Events first: a session is registered with the hub before its welcome leaves.
             self.handle_events();
             self.submit_requests();
+            self.flush().await;
             if self.conn.session().is_closed() {
                 self.flush().await;
                 break;
