@@ -134,9 +134,9 @@ pub use policy::{MAX_NAME_LEN, Policy, PolicyVersionInfo, validate_name};
 #[cfg(feature = "server")]
 pub use server::{
     AbortRule, Assignment, AssignmentTable, ChangeResult, GatewayInfo, Outgoing, PolicyServer,
-    PolicyServerConfig, PolicyStore, PublishOutcome, RolloutId, RolloutState, RolloutSummary,
-    RolloutTracker, SqlitePolicyStore, StagedRollout, StatusEffect, Target, TargetState,
-    TargetStatus, UpdatePlanner, build_update,
+    PolicyServerConfig, PolicyStore, PublishOutcome, RolloutId, RolloutRecord, RolloutState,
+    RolloutSummary, RolloutTracker, SqlitePolicyStore, StagedRollout, StatusEffect, Target,
+    TargetState, TargetStatus, UpdatePlanner, build_update,
 };
 pub use signing::{PolicySigner, PolicyVerifier};
 

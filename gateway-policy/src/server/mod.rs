@@ -15,6 +15,6 @@ pub use service::{ChangeResult, Outgoing, PolicyServer, PolicyServerConfig};
 pub use sqlite::SqlitePolicyStore;
 pub use store::{PolicyStore, PublishOutcome};
 pub use tracker::{
-    AbortRule, RolloutId, RolloutState, RolloutSummary, RolloutTracker, StagedRollout,
-    StatusEffect, TargetState, TargetStatus,
+    AbortRule, RolloutId, RolloutRecord, RolloutState, RolloutSummary, RolloutTracker,
+    StagedRollout, StatusEffect, TargetState, TargetStatus,
 };

@@ -69,6 +69,15 @@ pub struct ChangeResult {
 /// [`poll`](Self::poll) at [`poll_timeout`](Self::poll_timeout) for staged rollouts. Each returns
 /// the `policy_update` frames to send now. Time is passed in (`now_ms`, ms since the epoch);
 /// nothing here reads a clock or does network I/O. Wrap it in a mutex or an actor task to share it.
+///
+/// # What survives a restart
+/// Versions, assignments, gateway membership and rollouts (targets, which were released, abort
+/// state) live in the store, so a staged rollout keeps its pace and an aborted one stays aborted.
+/// Per-target answers are not written (that would cost a write per status): after a restart every
+/// target is `pending` until the gateway's `hello` settles it, and a released target whose gateway
+/// still runs an older version is sent its update once more (at-least-once delivery; a gateway
+/// that rejected it rejects it again and the tracker records that). The per-minute window of a
+/// staged rollout starts afresh.
 pub struct PolicyServer<S> {
     store: S,
     planner: UpdatePlanner,
@@ -101,10 +110,29 @@ impl<S: PolicyStore> PolicyServer<S> {
             default_staging: config.default_staging,
             store,
         };
+        let mut restored = 0;
+        for record in server.store.rollouts()? {
+            server.tracker.restore_rollout(record);
+            restored += 1;
+        }
+        let stray: Vec<String> = server
+            .tracker
+            .targets()
+            .filter(|t| !server.gateways.contains_key(&t.gateway_id))
+            .map(|t| t.gateway_id.clone())
+            .collect();
+        for id in stray {
+            server.tracker.remove_gateway(&id);
+        }
         let ids: Vec<String> = server.gateways.keys().cloned().collect();
         for id in ids {
             server.refresh_gateway(&id);
         }
+        tracing::info!(
+            gateways = server.gateways.len(),
+            rollouts = restored,
+            "policy server loaded its state"
+        );
         Ok(server)
     }
 
@@ -148,12 +176,20 @@ impl<S: PolicyStore> PolicyServer<S> {
 
     /// Stop a rollout by hand: nothing more is released.
     pub fn abort_rollout(&mut self, rollout: RolloutId, reason: &str) -> Result<()> {
-        self.tracker.abort(rollout, reason)
+        self.tracker.abort(rollout, reason)?;
+        let reason = self
+            .tracker
+            .summary(rollout)
+            .and_then(|s| s.abort_reason)
+            .unwrap_or_else(|| reason.to_owned());
+        self.store.set_rollout_aborted(rollout, &reason)
     }
 
     /// Forget finished rollouts started before `before_ms` (see [`RolloutTracker::prune`]).
-    pub fn prune_rollouts(&mut self, before_ms: i64) -> usize {
-        self.tracker.prune(before_ms)
+    pub fn prune_rollouts(&mut self, before_ms: i64) -> Result<usize> {
+        let pruned = self.tracker.prune(before_ms);
+        self.store.delete_rollouts(&pruned)?;
+        Ok(pruned.len())
     }
 
     /// Add or update a gateway's membership. Its desired versions change at once (outside any
@@ -266,7 +302,20 @@ impl<S: PolicyStore> PolicyServer<S> {
                 },
             );
         }
+        let rollout = self
+            .tracker
+            .status(gateway_id, &status.name)
+            .and_then(|t| t.rollout);
+        let was_aborted = rollout
+            .and_then(|r| self.tracker.summary(r))
+            .is_some_and(|s| s.abort_reason.is_some());
         let effect = self.tracker.handle_status(gateway_id, status, now_ms);
+        if let Some(summary) = rollout.and_then(|r| self.tracker.summary(r))
+            && !was_aborted
+            && let Some(reason) = &summary.abort_reason
+        {
+            self.store.set_rollout_aborted(summary.id, reason)?;
+        }
         metrics::counter!(
             "gateway_policy_statuses_total",
             "state" => match status.state { PolicyState::Applied => "applied", PolicyState::Rejected => "rejected" }
@@ -460,13 +509,13 @@ impl<S: PolicyStore> PolicyServer<S> {
         let mut rollouts = Vec::new();
         for (version, mut gateways) in moves {
             gateways.sort();
-            rollouts.push(self.tracker.start_rollout(
-                policy,
-                version,
-                gateways,
-                staging.clone(),
-                now_ms,
-            )?);
+            let id =
+                self.tracker
+                    .start_rollout(policy, version, gateways, staging.clone(), now_ms)?;
+            if let Some(record) = self.tracker.rollout_record(id) {
+                self.store.insert_rollout(&record)?;
+            }
+            rollouts.push(id);
         }
         let updates = self.release(now_ms)?;
         Ok((rollouts, updates))
@@ -497,6 +546,15 @@ impl<S: PolicyStore> PolicyServer<S> {
     fn release(&mut self, now_ms: i64) -> Result<Vec<Outgoing>> {
         let connected = &self.connected;
         let released = self.tracker.release(now_ms, |g| connected.contains_key(g));
+        let mut by_rollout: BTreeMap<RolloutId, Vec<&str>> = BTreeMap::new();
+        for (gateway, policy) in &released {
+            if let Some(r) = self.tracker.status(gateway, policy).and_then(|t| t.rollout) {
+                by_rollout.entry(r).or_default().push(gateway);
+            }
+        }
+        for (rollout, gateways) in by_rollout {
+            self.store.mark_released(rollout, &gateways)?;
+        }
         let mut out = Vec::with_capacity(released.len());
         for (gateway_id, policy) in released {
             if let Some(update) = self.build_and_mark(&gateway_id, &policy, now_ms)? {
@@ -511,7 +569,10 @@ impl<S: PolicyStore> PolicyServer<S> {
             return Ok(Vec::new());
         }
         let mut out = Vec::new();
-        for policy in self.tracker.due_for(gateway_id, now_ms) {
+        for (policy, released_from) in self.tracker.due_for_releasing(gateway_id, now_ms) {
+            if let Some(rollout) = released_from {
+                self.store.mark_released(rollout, &[gateway_id])?;
+            }
             if let Some(update) = self.build_and_mark(gateway_id, &policy, now_ms)? {
                 out.push(Outgoing {
                     gateway_id: gateway_id.to_owned(),

@@ -7,7 +7,9 @@ use std::time::Duration;
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use serde_json::Value;
 
-use super::{Assignment, GatewayInfo, PolicyStore, PublishOutcome, Target};
+use super::{
+    Assignment, GatewayInfo, PolicyStore, PublishOutcome, RolloutId, RolloutRecord, Target,
+};
 use crate::{Error, Policy, PolicyVersionInfo, Result, checksum, validate_name};
 
 const SCHEMA: &str = "
@@ -35,6 +37,20 @@ CREATE TABLE IF NOT EXISTS policy_gateways (
     tenant TEXT NOT NULL,
     groups TEXT NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS policy_rollouts (
+    id INTEGER PRIMARY KEY NOT NULL,
+    policy TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    started_at INTEGER NOT NULL,
+    staging TEXT NOT NULL,
+    aborted TEXT
+);
+CREATE TABLE IF NOT EXISTS policy_rollout_targets (
+    rollout INTEGER NOT NULL,
+    gateway TEXT NOT NULL,
+    released INTEGER NOT NULL,
+    PRIMARY KEY (rollout, gateway)
+) WITHOUT ROWID;
 PRAGMA user_version = 1;
 ";
 
@@ -47,6 +63,9 @@ PRAGMA user_version = 1;
 /// * `policy_assignments(policy, target_kind, target_id, version, assigned_at, author)`, primary
 ///   key `(policy, target_kind, target_id)`; `version` is NULL for "follow the latest".
 /// * `policy_gateways(id, tenant, groups)`: membership, `groups` a JSON array.
+/// * `policy_rollouts(id, policy, version, started_at, staging, aborted)` and
+///   `policy_rollout_targets(rollout, gateway, released)`: rollouts survive a restart, so a
+///   staged rollout keeps its pace and an aborted one stays aborted.
 ///
 /// Publishing runs in an `IMMEDIATE` transaction, so concurrent publishers (threads or processes
 /// sharing the file) never hand out the same version.
@@ -343,6 +362,117 @@ impl PolicyStore for SqlitePolicyStore {
         }
         Ok(out)
     }
+
+    fn insert_rollout(&self, rollout: &RolloutRecord) -> Result<()> {
+        let staging = serde_json::to_string(&rollout.staging)
+            .map_err(|e| Error::invalid("staging", e.to_string()))?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        tx.execute(
+            "INSERT OR REPLACE INTO policy_rollouts (id, policy, version, started_at, staging, aborted)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![
+                to_i64(rollout.id, "rollout")?,
+                rollout.policy,
+                to_i64(rollout.version, "version")?,
+                rollout.started_at_ms,
+                staging,
+                rollout.aborted
+            ],
+        )?;
+        {
+            let mut insert = tx.prepare(
+                "INSERT OR REPLACE INTO policy_rollout_targets (rollout, gateway, released) VALUES (?1, ?2, ?3)",
+            )?;
+            for (gateway, released) in &rollout.targets {
+                insert.execute(params![rollout.id as i64, gateway, *released])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn mark_released(&self, rollout: RolloutId, gateways: &[&str]) -> Result<()> {
+        let rollout = to_i64(rollout, "rollout")?;
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        {
+            let mut update = tx.prepare(
+                "UPDATE policy_rollout_targets SET released = 1 WHERE rollout = ?1 AND gateway = ?2",
+            )?;
+            for gateway in gateways {
+                update.execute(params![rollout, gateway])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn set_rollout_aborted(&self, rollout: RolloutId, reason: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE policy_rollouts SET aborted = ?2 WHERE id = ?1",
+            params![to_i64(rollout, "rollout")?, reason],
+        )?;
+        Ok(())
+    }
+
+    fn rollouts(&self) -> Result<Vec<RolloutRecord>> {
+        let conn = self.conn();
+        let mut headers = conn.prepare(
+            "SELECT id, policy, version, started_at, staging, aborted FROM policy_rollouts ORDER BY id",
+        )?;
+        let rows = headers.query_map([], |row| {
+            Ok((
+                row.get::<_, i64>(0)?,
+                row.get::<_, String>(1)?,
+                row.get::<_, i64>(2)?,
+                row.get::<_, i64>(3)?,
+                row.get::<_, String>(4)?,
+                row.get::<_, Option<String>>(5)?,
+            ))
+        })?;
+        let mut targets = conn.prepare(
+            "SELECT gateway, released FROM policy_rollout_targets WHERE rollout = ?1 ORDER BY gateway",
+        )?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, policy, version, started_at_ms, staging, aborted) = row?;
+            let staging = serde_json::from_str(&staging).map_err(|e| Error::Corrupt {
+                what: format!("rollout {id}"),
+                reason: format!("staging is not valid: {e}"),
+            })?;
+            let list = targets
+                .query_map(params![id], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?))
+                })?
+                .collect::<rusqlite::Result<Vec<_>>>()?;
+            out.push(RolloutRecord {
+                id: id as u64,
+                policy,
+                version: version as u64,
+                started_at_ms,
+                staging,
+                aborted,
+                targets: list,
+            });
+        }
+        Ok(out)
+    }
+
+    fn delete_rollouts(&self, rollouts: &[RolloutId]) -> Result<()> {
+        let mut conn = self.conn();
+        let tx = conn.transaction()?;
+        for id in rollouts {
+            let id = to_i64(*id, "rollout")?;
+            tx.execute(
+                "DELETE FROM policy_rollout_targets WHERE rollout = ?1",
+                params![id],
+            )?;
+            tx.execute("DELETE FROM policy_rollouts WHERE id = ?1", params![id])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -499,5 +629,56 @@ mod tests {
         );
         assert!(s.remove_gateway("gw-1").unwrap());
         assert_eq!(s.latest("fw").unwrap().unwrap().version, 1);
+    }
+
+    #[test]
+    fn rollouts_round_trip_with_release_and_abort() {
+        use crate::{AbortRule, StagedRollout};
+        let s = store();
+        let record = RolloutRecord {
+            id: 7,
+            policy: "fw".into(),
+            version: 3,
+            started_at_ms: 100,
+            staging: StagedRollout {
+                max_per_minute: Some(5),
+                abort: Some(AbortRule {
+                    rejected_percent: 20.0,
+                    min_reported: 3,
+                }),
+                ..Default::default()
+            },
+            aborted: None,
+            targets: vec![
+                ("gw-a".into(), false),
+                ("gw-b".into(), false),
+                ("gw-c".into(), true),
+            ],
+        };
+        s.insert_rollout(&record).unwrap();
+        s.insert_rollout(&RolloutRecord {
+            id: 8,
+            targets: vec![],
+            ..record.clone()
+        })
+        .unwrap();
+        s.mark_released(7, &["gw-b"]).unwrap();
+        s.set_rollout_aborted(7, "too many rejections").unwrap();
+        let loaded = s.rollouts().unwrap();
+        assert_eq!(loaded.iter().map(|r| r.id).collect::<Vec<_>>(), vec![7, 8]);
+        assert_eq!(
+            loaded[0],
+            RolloutRecord {
+                aborted: Some("too many rejections".into()),
+                targets: vec![
+                    ("gw-a".into(), false),
+                    ("gw-b".into(), true),
+                    ("gw-c".into(), true)
+                ],
+                ..record
+            }
+        );
+        s.delete_rollouts(&[7]).unwrap();
+        assert_eq!(s.rollouts().unwrap().len(), 1);
     }
 }

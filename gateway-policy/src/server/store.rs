@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use super::{Assignment, GatewayInfo, Target};
+use super::{Assignment, GatewayInfo, RolloutId, RolloutRecord, Target};
 use crate::{Error, Policy, PolicyVersionInfo, Result, diff};
 
 /// Result of a publish.
@@ -77,6 +77,21 @@ pub trait PolicyStore: Send + Sync {
 
     /// Every known gateway.
     fn gateways(&self) -> Result<Vec<GatewayInfo>>;
+
+    /// Persist a rollout that just started, with its targets.
+    fn insert_rollout(&self, rollout: &RolloutRecord) -> Result<()>;
+
+    /// Record that these targets of a rollout were released.
+    fn mark_released(&self, rollout: RolloutId, gateways: &[&str]) -> Result<()>;
+
+    /// Record that a rollout was aborted, and why.
+    fn set_rollout_aborted(&self, rollout: RolloutId, reason: &str) -> Result<()>;
+
+    /// Every persisted rollout, oldest first, targets sorted by gateway id.
+    fn rollouts(&self) -> Result<Vec<RolloutRecord>>;
+
+    /// Forget rollouts (see [`super::RolloutTracker::prune`]).
+    fn delete_rollouts(&self, rollouts: &[RolloutId]) -> Result<()>;
 
     /// A version, or [`Error::UnknownVersion`] / [`Error::UnknownPolicy`].
     fn get(&self, name: &str, version: u64) -> Result<Policy> {

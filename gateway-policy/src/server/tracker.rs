@@ -176,6 +176,26 @@ pub struct RolloutSummary {
     pub superseded: usize,
 }
 
+/// A rollout as the server persists it, so a restart keeps staged and aborted rollouts as they
+/// were (see [`RolloutTracker::restore_rollout`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutRecord {
+    /// Rollout id.
+    pub id: RolloutId,
+    /// Policy name.
+    pub policy: String,
+    /// Version rolled out.
+    pub version: u64,
+    /// When it started, ms since the epoch.
+    pub started_at_ms: i64,
+    /// Its staging limits.
+    pub staging: StagedRollout,
+    /// Why it was aborted, if it was.
+    pub aborted: Option<String>,
+    /// Its targets (gateway ids), in release order, each with whether it was released.
+    pub targets: Vec<(String, bool)>,
+}
+
 /// What the server should do after a `policy_status`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatusEffect {
@@ -348,16 +368,33 @@ impl RolloutTracker {
     ) -> Result<RolloutId> {
         staging.validate()?;
         let id = self.next_rollout.max(1);
-        self.next_rollout = id + 1;
+        self.insert_rollout(id, policy, version, now_ms, staging, None);
+        for gateway in gateways {
+            self.attach(&gateway, policy, version, Some(id));
+        }
+        tracing::info!(rollout = id, %policy, version, targets = self.rollouts[&id].total, "rollout started");
+        Ok(id)
+    }
+
+    fn insert_rollout(
+        &mut self,
+        id: RolloutId,
+        policy: &str,
+        version: u64,
+        started_at_ms: i64,
+        staging: StagedRollout,
+        aborted: Option<String>,
+    ) {
+        self.next_rollout = self.next_rollout.max(id + 1);
         self.rollouts.insert(
             id,
             Rollout {
                 id,
                 policy: policy.to_owned(),
                 version,
-                started_at_ms: now_ms,
+                started_at_ms,
                 staging,
-                aborted: None,
+                aborted,
                 total: 0,
                 released: 0,
                 superseded: 0,
@@ -367,11 +404,70 @@ impl RolloutTracker {
                 release_times: VecDeque::new(),
             },
         );
-        for gateway in gateways {
-            self.attach(&gateway, policy, version, Some(id));
+    }
+
+    /// Rebuild a persisted rollout after a restart: same id, staging and abort state, its targets
+    /// pending with their released flags (a later [`handle_report`](Self::handle_report) settles
+    /// the ones already applied). Restore records oldest first, so later rollouts supersede
+    /// earlier ones as they did live. The per-minute window starts empty.
+    pub fn restore_rollout(&mut self, record: RolloutRecord) {
+        let RolloutRecord {
+            id,
+            policy,
+            version,
+            started_at_ms,
+            staging,
+            aborted,
+            targets,
+        } = record;
+        self.insert_rollout(id, &policy, version, started_at_ms, staging, aborted);
+        for (gateway, released) in targets {
+            self.attach(&gateway, &policy, version, Some(id));
+            if released {
+                self.mark_released(&gateway, &policy, id);
+            }
         }
-        tracing::info!(rollout = id, %policy, version, targets = self.rollouts[&id].total, "rollout started");
-        Ok(id)
+    }
+
+    /// The record to persist for a rollout (targets sorted by gateway id).
+    pub fn rollout_record(&self, rollout: RolloutId) -> Option<RolloutRecord> {
+        let r = self.rollouts.get(&rollout)?;
+        let mut targets: Vec<(String, bool)> = self
+            .targets()
+            .filter(|t| t.rollout == Some(rollout))
+            .map(|t| (t.gateway_id.clone(), t.released))
+            .collect();
+        targets.sort();
+        Some(RolloutRecord {
+            id: r.id,
+            policy: r.policy.clone(),
+            version: r.version,
+            started_at_ms: r.started_at_ms,
+            staging: r.staging.clone(),
+            aborted: r.aborted.clone(),
+            targets,
+        })
+    }
+
+    /// Mark a restored target released without counting it against the staging budget.
+    fn mark_released(&mut self, gateway: &str, policy: &str, rollout: RolloutId) {
+        let Some(target) = self
+            .targets
+            .get_mut(gateway)
+            .and_then(|m| m.get_mut(policy))
+        else {
+            return;
+        };
+        if target.rollout != Some(rollout) || target.released {
+            return;
+        }
+        target.released = true;
+        if let Some(r) = self.rollouts.get_mut(&rollout) {
+            r.released += 1;
+            if target.state.in_flight() {
+                r.in_flight += 1;
+            }
+        }
     }
 
     /// Make `version` the desired version of `policy` for one gateway outside any rollout (a
@@ -455,9 +551,10 @@ impl RolloutTracker {
         let Some(r) = target.rollout.and_then(|r| self.rollouts.get_mut(&r)) else {
             return;
         };
-        r.counts[target.state.index()] -= 1;
+        let i = target.state.index();
+        r.counts[i] = r.counts[i].saturating_sub(1);
         if target.released && target.state.in_flight() {
-            r.in_flight -= 1;
+            r.in_flight = r.in_flight.saturating_sub(1);
         }
     }
 
@@ -476,11 +573,11 @@ impl RolloutTracker {
         let Some(r) = target.rollout.and_then(|r| self.rollouts.get_mut(&r)) else {
             return;
         };
-        r.counts[old.index()] -= 1;
+        r.counts[old.index()] = r.counts[old.index()].saturating_sub(1);
         r.counts[state.index()] += 1;
         if released {
             match (old.in_flight(), state.in_flight()) {
-                (true, false) => r.in_flight -= 1,
+                (true, false) => r.in_flight = r.in_flight.saturating_sub(1),
                 (false, true) => r.in_flight += 1,
                 _ => {}
             }
@@ -653,6 +750,19 @@ impl RolloutTracker {
     /// The policies of `gateway` to send now: pending targets already released, plus those its
     /// rollout's budget can release now (released by this call).
     pub fn due_for(&mut self, gateway: &str, now_ms: i64) -> Vec<String> {
+        self.due_for_releasing(gateway, now_ms)
+            .into_iter()
+            .map(|(policy, _)| policy)
+            .collect()
+    }
+
+    /// [`due_for`](Self::due_for), also saying which rollout each target was released from by
+    /// this call (`None` when it was released before).
+    pub fn due_for_releasing(
+        &mut self,
+        gateway: &str,
+        now_ms: i64,
+    ) -> Vec<(String, Option<RolloutId>)> {
         let Some(targets) = self.targets.get_mut(gateway) else {
             return Vec::new();
         };
@@ -661,6 +771,7 @@ impl RolloutTracker {
             if target.state != TargetState::Pending {
                 continue;
             }
+            let mut released_now = None;
             if !target.released {
                 let Some(rollout) = target.rollout.and_then(|r| self.rollouts.get_mut(&r)) else {
                     continue;
@@ -670,8 +781,9 @@ impl RolloutTracker {
                 }
                 target.released = true;
                 rollout.record_release(now_ms);
+                released_now = Some(rollout.id);
             }
-            due.push(policy.clone());
+            due.push((policy.clone(), released_now));
         }
         due
     }
@@ -694,8 +806,8 @@ impl RolloutTracker {
     /// Forget rollouts that are no longer in progress (completed or aborted) and started before
     /// `before_ms`, so a long-running server does not keep every rollout ever made. Their
     /// targets stay tracked; [`summary`](Self::summary) of a forgotten rollout is `None`.
-    /// Returns how many were forgotten.
-    pub fn prune(&mut self, before_ms: i64) -> usize {
+    /// Returns the forgotten ids.
+    pub fn prune(&mut self, before_ms: i64) -> Vec<RolloutId> {
         let old: Vec<RolloutId> = self
             .rollouts
             .values()
@@ -708,7 +820,7 @@ impl RolloutTracker {
             self.rollouts.remove(id);
             self.releasing.remove(id);
         }
-        old.len()
+        old
     }
 
     /// Abort a rollout by hand: nothing more is released.

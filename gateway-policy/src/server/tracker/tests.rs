@@ -376,7 +376,7 @@ fn prune_forgets_finished_rollouts_only() {
     let later = t
         .start_rollout("ntp", 1, gws(1), StagedRollout::default(), 50)
         .unwrap();
-    assert_eq!(t.prune(10), 1);
+    assert_eq!(t.prune(10), vec![done]);
     assert!(t.summary(done).is_none());
     assert!(t.summary(running).is_some(), "still in progress");
     assert!(t.summary(later).is_some(), "too recent");
@@ -387,6 +387,57 @@ fn prune_forgets_finished_rollouts_only() {
     );
     t.handle_report("gw-000", "fw", Some(1), false, 60);
     assert!(t.due_for("gw-000", 60).contains(&"fw".to_owned()));
+}
+
+#[test]
+fn a_restored_rollout_keeps_its_releases_abort_state_and_ids() {
+    let mut t = RolloutTracker::new();
+    let staging = StagedRollout {
+        max_per_minute: Some(2),
+        ..Default::default()
+    };
+    let id = t.start_rollout("fw", 2, gws(5), staging, 0).unwrap();
+    send(&mut t, 0);
+    let record = t.rollout_record(id).unwrap();
+    assert_eq!(
+        record
+            .targets
+            .iter()
+            .filter(|(_, released)| *released)
+            .count(),
+        2
+    );
+
+    let mut restarted = RolloutTracker::new();
+    restarted.restore_rollout(record.clone());
+    let s = restarted.summary(id).unwrap();
+    assert_eq!((s.total, s.released, s.pending), (5, 2, 5));
+    // Released targets are due at once on reconnect; the others wait for the budget.
+    assert_eq!(restarted.due_for("gw-000", 1), vec!["fw".to_owned()]);
+    assert_eq!(
+        restarted.release(1, |_| true).len(),
+        2,
+        "a fresh minute after the restart"
+    );
+    // New rollouts never reuse a restored id.
+    assert!(
+        restarted
+            .start_rollout("dns", 1, gws(1), StagedRollout::default(), 2)
+            .unwrap()
+            > id
+    );
+
+    let mut aborted = RolloutTracker::new();
+    aborted.restore_rollout(RolloutRecord {
+        aborted: Some("halted".into()),
+        ..record
+    });
+    assert!(aborted.release(1, |_| true).is_empty());
+    assert!(
+        aborted.due_for("gw-004", 1).is_empty(),
+        "unreleased targets of an aborted rollout wait"
+    );
+    assert_eq!(aborted.summary(id).unwrap().state, RolloutState::Aborted);
 }
 
 mod model {
