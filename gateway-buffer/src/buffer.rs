@@ -185,18 +185,11 @@ impl Buffer {
             let Some(raw) = self.lease_raw(max_records, max_bytes).await? else {
                 return Ok(None);
             };
-            let mut records = Vec::with_capacity(raw.ends.len());
-            let mut bad = Vec::new();
-            let mut bad_bytes = 0;
-            for (index, stored) in raw.iter().enumerate() {
-                match decode_record(stored) {
-                    Ok(record) => records.push(record),
-                    Err(e) => {
-                        bad.push((index, e.0));
-                        bad_bytes += stored.len() as u64;
-                    }
-                }
-            }
+            let Decoded {
+                records,
+                bad,
+                bad_bytes,
+            } = decode_lease(&raw);
             if !bad.is_empty() {
                 let lease = raw.id;
                 let quarantined = self
@@ -357,4 +350,30 @@ impl Buffer {
     pub async fn close(self) -> Result<(), Error> {
         self.call(|reply| Command::Close { reply }).await
     }
+}
+
+/// The decoded records of a lease, and the ones that did not decode (index, reason).
+#[derive(Default)]
+struct Decoded {
+    records: Vec<Record>,
+    bad: Vec<(usize, String)>,
+    bad_bytes: u64,
+}
+
+/// Decode a lease's records. (Splitting a large lease over a second thread was measured
+/// slower here: the copy, the hand-off and freeing records allocated in another arena cost more
+/// than the decoding it shares.)
+fn decode_lease(raw: &RawLease) -> Decoded {
+    let mut decoded = Decoded::default();
+    decoded.records.reserve(raw.ends.len());
+    for (index, stored) in raw.iter().enumerate() {
+        match decode_record(stored) {
+            Ok(record) => decoded.records.push(record),
+            Err(e) => {
+                decoded.bad.push((index, e.0));
+                decoded.bad_bytes += stored.len() as u64;
+            }
+        }
+    }
+    decoded
 }

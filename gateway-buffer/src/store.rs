@@ -215,7 +215,8 @@ impl Store {
     pub(crate) fn begin(&mut self) -> Result<(), Error> {
         debug_assert!(self.snapshot.is_none());
         self.conn
-            .execute_batch("BEGIN IMMEDIATE")
+            .prepare_cached("BEGIN IMMEDIATE")
+            .and_then(|mut begin| begin.execute([]))
             .map_err(self.sql("starting a transaction"))?;
         self.snapshot = Some(self.counts);
         self.undo.clear();
@@ -225,7 +226,12 @@ impl Store {
     /// Commit the open transaction; on failure everything is rolled back.
     pub(crate) fn commit(&mut self) -> Result<(), Error> {
         let before = self.snapshot.expect("commit without begin");
-        if let Err(e) = self.conn.execute_batch("COMMIT") {
+        // Cached statements: parsing BEGIN and COMMIT again for every group costs microseconds.
+        let committed = self
+            .conn
+            .prepare_cached("COMMIT")
+            .and_then(|mut commit| commit.execute([]));
+        if let Err(e) = committed {
             let error = Error::sqlite(&self.path, "committing", e);
             self.rollback();
             return Err(error);
