@@ -53,6 +53,10 @@ pub struct AgentHeartbeatRequest {
     /// Free-form status values.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub status: BTreeMap<String, String>,
+    /// Commands the agent has received (from earlier heartbeat answers); the gateway stops
+    /// delivering them and reports them delivered.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub acked_commands: Vec<CommandId>,
 }
 
 /// A command for an agent, delivered in a heartbeat answer (for example `restart`).
@@ -76,7 +80,8 @@ pub struct AgentHeartbeatResponse {
     /// holds, the agent fetches `GET /v1/policy`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub policy_checksum: Option<String>,
-    /// Commands for this agent.
+    /// Commands for this agent. Each is repeated in every answer until the agent lists its id
+    /// in [`AgentHeartbeatRequest::acked_commands`]; execute each id at most once.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub commands: Vec<AgentCommand>,
 }

@@ -259,6 +259,11 @@ impl From<&d::AgentHeartbeatRequest> for AgentHeartbeatRequest {
             seq: r.seq,
             queued_records: r.queued_records,
             status: r.status.clone(),
+            acked_commands: r
+                .acked_commands
+                .iter()
+                .map(|id| bytes_of(id.as_bytes()))
+                .collect(),
         }
     }
 }
@@ -272,6 +277,12 @@ impl TryFrom<AgentHeartbeatRequest> for d::AgentHeartbeatRequest {
             seq: r.seq,
             queued_records: r.queued_records,
             status: r.status,
+            acked_commands: r
+                .acked_commands
+                .iter()
+                .enumerate()
+                .map(|(i, id)| CommandId::from_wire(id, &format!("acked_commands[{i}]")))
+                .collect::<Result<_, _>>()?,
         })
     }
 }

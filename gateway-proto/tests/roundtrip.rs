@@ -327,14 +327,22 @@ fn register_response() -> impl Strategy<Value = RegisterAgentResponse> {
 }
 
 fn heartbeat_request() -> impl Strategy<Value = AgentHeartbeatRequest> {
-    (".{0,10}", any::<u64>(), any::<u64>(), string_map()).prop_map(
-        |(agent_id, seq, queued_records, status)| AgentHeartbeatRequest {
-            agent_id,
-            seq,
-            queued_records,
-            status,
-        },
+    (
+        ".{0,10}",
+        any::<u64>(),
+        any::<u64>(),
+        string_map(),
+        prop::collection::vec(command_id(), 0..3),
     )
+        .prop_map(|(agent_id, seq, queued_records, status, acked_commands)| {
+            AgentHeartbeatRequest {
+                agent_id,
+                seq,
+                queued_records,
+                status,
+                acked_commands,
+            }
+        })
 }
 
 fn heartbeat_response() -> impl Strategy<Value = AgentHeartbeatResponse> {
