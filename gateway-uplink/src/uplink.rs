@@ -432,7 +432,9 @@ async fn worker<S: RecordSource>(shared: Arc<Shared<S>>) {
         if *signals.phase.borrow() != Phase::Running {
             return;
         }
-        // The backoff gate: wait out a delay, or (parked) for a wake.
+        // The backoff gate: wait out a delay, or (parked) for a wake. Mark wakes seen before
+        // reading the backoff, so a wake between the two is not lost.
+        signals.wake.borrow_and_update();
         let gate = {
             let state = shared.state();
             if state.backoff.is_parked() {
@@ -446,7 +448,6 @@ async fn worker<S: RecordSource>(shared: Arc<Shared<S>>) {
             }
         };
         if let Some(until) = gate {
-            signals.wake.borrow_and_update();
             tokio::select! {
                 () = async {
                     match until {
@@ -514,11 +515,12 @@ async fn linger<S: RecordSource>(
         let (records, bytes) = group_size(group);
         records >= max_records || bytes >= max_bytes
     };
+    // Mark wakes seen first: a flush that starts after the check below still ends the wait.
+    signals.wake.borrow_and_update();
     if linger.is_zero() || full(group) || shared.state().flushing > 0 {
         return;
     }
     let deadline = Instant::now() + linger;
-    signals.wake.borrow_and_update();
     loop {
         tokio::select! {
             changed = signals.appended.changed() => {
