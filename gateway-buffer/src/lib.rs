@@ -51,9 +51,13 @@
 //! sends a request and awaits the answer, so async callers never block. Each time the writer
 //! wakes it takes every queued request and runs consecutive writes in one transaction, so 64
 //! tasks appending one record each cost one commit (and, under `Full`, one `fsync`), not 64.
-//! Records are encoded to protobuf in the caller's task, off the writer thread. If a group's
-//! transaction fails (disk full), it is rolled back and each request is replayed alone, so only
-//! the request that hit the problem sees the error.
+//! The writer thread only runs SQL: records are encoded to protobuf in the appending task and
+//! decoded in the leasing task. An append of more than 512 records streams to the writer in
+//! chunks of 256, so the writer inserts one chunk while the caller encodes the next (a
+//! savepoint keeps such an append all-or-nothing). If a group's transaction fails (disk full),
+//! it is rolled back and each request is replayed alone, so only the request that hit the
+//! problem sees the error. [`Buffer::lease_encoded`] hands out the stored protobuf bytes, for a
+//! consumer that forwards them without decoding.
 //!
 //! ## Space
 //!

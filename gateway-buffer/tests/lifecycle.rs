@@ -399,3 +399,12 @@ async fn encoded_leases_hand_out_the_stored_protobuf() {
     assert_eq!(all_ids(&buffer).await, receipt.ids[..3]);
     buffer.close().await.unwrap();
 }
+
+#[test]
+fn the_handle_is_a_cheap_shareable_clone() {
+    fn shareable<T: Clone + Send + Sync + 'static>() {}
+    shareable::<Buffer>();
+    fn sendable<T: Send + 'static>() {}
+    sendable::<gateway_buffer::Lease>();
+    sendable::<Error>();
+}
