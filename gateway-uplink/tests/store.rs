@@ -139,7 +139,10 @@ proptest! {
             }
         }
         let (memtable, runs) = store.dedup_stats();
-        prop_assert!(memtable <= 5 + 8, "memtable {memtable}");
+        // The memtable freezes at 5 keys (+ up to one batch of 8); while the frozen one is
+        // written out (at least 2 keys per stored record) the new one grows by at most half of
+        // it plus one batch.
+        prop_assert!(memtable <= 30, "memtable {memtable}");
         // Merges keep the number of runs logarithmic: at most fan_in - 1 per level plus
         // the ones being merged.
         prop_assert!(runs <= 8, "{runs} runs");

@@ -538,3 +538,27 @@ async fn a_finished_shutdown_does_not_wait_for_the_deadline() {
     ));
     assert_exactly_once(&rig.store, &ids);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_configured_proxy_carries_the_requests() {
+    // The fault server doubles as an HTTP proxy: a proxied request arrives in absolute form
+    // (`POST http://ingest.invalid/v1/records`) and axum routes it by its path. The server URL
+    // itself does not resolve, so delivery proves the proxy was used.
+    let rig = rig([]).await;
+    let ids = append(&rig.buffer, (0..20).map(record).collect()).await;
+    let config = UplinkConfig {
+        proxy: gateway_uplink::ProxyConfig {
+            from_env: false,
+            url: Some(rig.url.clone()),
+        },
+        ..fast_config("http://ingest.invalid")
+    };
+    let uplink = Uplink::start(rig.buffer.clone(), config).unwrap();
+    assert_eq!(
+        uplink.flush(in_seconds(10)).await.unwrap(),
+        FlushOutcome::Flushed
+    );
+    assert_exactly_once(&rig.store, &ids);
+    assert!(rig.schedule.posts.load(Ordering::SeqCst) >= 1);
+    uplink.shutdown(in_seconds(5)).await.unwrap();
+}

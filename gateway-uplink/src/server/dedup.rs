@@ -19,6 +19,8 @@
 //!   each with a Bloom filter (10 bits per key, 7 probes, ~1 % false positives) stored beside
 //!   it in `dedup_runs` and held in memory. A flush writes the memtable's keys in key order —
 //!   pure appends, like time-ordered ids.
+//!   The flush itself is spread over the following ingest transactions (the frozen memtable
+//!   answers lookups until its run is complete), so no request stalls on it.
 //! * **Merges** — when `fan_in` runs share a level they are merged into one run of the next
 //!   level, a slice at a time within the ingest transactions (about two keys copied per key
 //!   stored), so there is no stall and no second writer. Sources stay authoritative until the
@@ -29,8 +31,11 @@
 //!
 //! # Invariants
 //!
-//! * A key is in exactly one place: the memtable, or one live run (merges move, never copy
-//!   into a live run).
+//! * A key is in exactly one place that lookups consult: the memtable, the memtable being
+//!   flushed, or one live run (a run under construction is not consulted until it is live,
+//!   and then its sources are retired in the same transaction).
+//! * A tenant's `flushed_position` only moves when the run holding those keys is live, so a
+//!   reopen rebuilds every key not yet in a live run.
 //! * Every change to runs and flush positions happens in the ingest transaction; a
 //!   transaction that fails leaves the in-memory state stale, so the store reloads it from
 //!   the file (`DedupIndex::open`).
@@ -168,11 +173,26 @@ struct Merge {
     copied: u64,
 }
 
+/// A frozen memtable being written to the run table `run_id` in key order.
+#[derive(Debug)]
+struct Flush {
+    run_id: i64,
+    keys: Vec<Key>,
+    written: usize,
+    set: HashSet<Key>,
+    bloom: Bloom,
+    /// Each tenant's last position when the memtable was frozen: its `flushed_position` once
+    /// the run is complete.
+    positions: Vec<(i64, i64)>,
+}
+
 /// The dedup index of one store. Lives with the writer connection.
 #[derive(Debug)]
 pub(crate) struct DedupIndex {
     config: DedupConfig,
     memtable: HashSet<Key>,
+    /// A full memtable being written out as a run, a slice per transaction.
+    flushing: Option<Flush>,
     /// Live runs, newest first.
     runs: Vec<Run>,
     merge: Option<Merge>,
@@ -251,12 +271,13 @@ impl DedupIndex {
             memtable,
             runs,
             merge: None,
+            flushing: None,
         })
     }
 
     /// True when `k` was stored before (or earlier in this transaction).
     pub(crate) fn contains(&self, conn: &Connection, k: &Key) -> Result<bool, Error> {
-        if self.memtable.contains(k) {
+        if self.memtable.contains(k) || self.flushing.as_ref().is_some_and(|f| f.set.contains(k)) {
             return Ok(true);
         }
         for run in &self.runs {
@@ -278,9 +299,9 @@ impl DedupIndex {
         self.memtable.insert(k);
     }
 
-    /// Keys in the memtable.
+    /// Keys held in memory (the memtable and a memtable being flushed).
     pub(crate) fn memtable_len(&self) -> usize {
-        self.memtable.len()
+        self.memtable.len() + self.flushing.as_ref().map_or(0, |f| f.set.len())
     }
 
     /// Live runs (for tests and stats).
@@ -288,18 +309,22 @@ impl DedupIndex {
         self.runs.len()
     }
 
-    /// Housekeeping at the end of an ingest transaction that stored `stored` records: flush
-    /// a full memtable, advance or start a merge. Call after the tenants' `next_position`
-    /// is updated, before commit.
+    /// Housekeeping at the end of an ingest transaction that stored `stored` records: freeze
+    /// a full memtable, write a slice of a flush or of a merge (about two keys per record
+    /// stored, at least `merge_min_step`, so no transaction stalls on a whole run). Call after
+    /// the tenants' `next_position` is updated, before commit.
     pub(crate) fn after_batch(&mut self, conn: &Connection, stored: usize) -> Result<(), Error> {
-        if self.memtable.len() >= self.config.memtable_keys {
-            self.flush(conn)?;
+        let budget = (stored * MERGE_KEYS_PER_RECORD).max(self.config.merge_min_step);
+        if self.flushing.is_none() && self.memtable.len() >= self.config.memtable_keys {
+            self.freeze(conn)?;
+        }
+        if self.flushing.is_some() {
+            self.flush_step(conn, budget)?;
         }
         if self.merge.is_none() {
             self.plan_merge(conn)?;
         }
         if self.merge.is_some() {
-            let budget = (stored * MERGE_KEYS_PER_RECORD).max(self.config.merge_min_step);
             self.merge_step(conn, budget)?;
         }
         Ok(())
@@ -325,48 +350,87 @@ impl DedupIndex {
         Ok(id)
     }
 
-    /// Write the memtable as a new level-0 run and mark every tenant flushed.
-    fn flush(&mut self, conn: &Connection) -> Result<(), Error> {
-        let id = Self::new_run_id(conn)?;
-        let mut keys: Vec<Key> = self.memtable.iter().copied().collect();
-        keys.sort_unstable();
+    /// Freeze the memtable: its keys go to a new run table over the next transactions.
+    fn freeze(&mut self, conn: &Connection) -> Result<(), Error> {
+        let run_id = Self::new_run_id(conn)?;
         conn.execute_batch(&format!(
             "CREATE TABLE {} (k BLOB PRIMARY KEY) WITHOUT ROWID",
-            table(id)
+            table(run_id)
         ))
         .map_err(db("creating a dedup run"))?;
-        let mut bloom = Bloom::with_capacity(keys.len() as u64);
+        let positions = conn
+            .prepare("SELECT tenant_key, next_position - 1 FROM tenants")
+            .and_then(|mut s| {
+                s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<Vec<(i64, i64)>, _>>()
+            })
+            .map_err(db("freezing the dedup memtable"))?;
+        let set = std::mem::take(&mut self.memtable);
+        let mut keys: Vec<Key> = set.iter().copied().collect();
+        keys.sort_unstable();
+        self.flushing = Some(Flush {
+            run_id,
+            bloom: Bloom::with_capacity(keys.len() as u64),
+            keys,
+            written: 0,
+            set,
+            positions,
+        });
+        Ok(())
+    }
+
+    /// Write up to `budget` keys of the frozen memtable; complete the run when all are in.
+    fn flush_step(&mut self, conn: &Connection, budget: usize) -> Result<(), Error> {
+        let Some(flush) = self.flushing.as_mut() else {
+            return Ok(());
+        };
+        let end = (flush.written + budget).min(flush.keys.len());
         {
             let mut insert = conn
-                .prepare(&format!("INSERT INTO {} (k) VALUES (?1)", table(id)))
+                .prepare_cached(&format!(
+                    "INSERT INTO {} (k) VALUES (?1)",
+                    table(flush.run_id)
+                ))
                 .map_err(db("writing a dedup run"))?;
-            for k in &keys {
+            for k in &flush.keys[flush.written..end] {
                 insert
                     .execute([&k[..]])
                     .map_err(db("writing a dedup run"))?;
-                bloom.insert(k);
+                flush.bloom.insert(k);
             }
+        }
+        flush.written = end;
+        if end < flush.keys.len() {
+            return Ok(());
         }
         conn.execute(
             "INSERT INTO dedup_runs (run_id, level, keys, bloom) VALUES (?1, 0, ?2, ?3)",
-            params![id, keys.len() as i64, bloom.to_bytes()],
+            params![
+                flush.run_id,
+                flush.keys.len() as i64,
+                flush.bloom.to_bytes()
+            ],
         )
         .map_err(db("recording a dedup run"))?;
-        conn.execute(
-            "UPDATE tenants SET flushed_position = next_position - 1",
-            [],
-        )
-        .map_err(db("recording the dedup flush"))?;
+        for (tenant_key, position) in &flush.positions {
+            conn.execute(
+                "UPDATE tenants SET flushed_position = ?1 WHERE tenant_key = ?2",
+                params![position, tenant_key],
+            )
+            .map_err(db("recording the dedup flush"))?;
+        }
+        let Some(flush) = self.flushing.take() else {
+            return Ok(());
+        };
         self.runs.insert(
             0,
             Run {
-                id,
+                id: flush.run_id,
                 level: 0,
-                keys: keys.len() as u64,
-                bloom,
+                keys: flush.keys.len() as u64,
+                bloom: flush.bloom,
             },
         );
-        self.memtable.clear();
         Ok(())
     }
 
