@@ -31,6 +31,9 @@
 //! ## Example: a gateway uploading to a server, both in one process
 //!
 //! ```
+//! # #[cfg(not(feature = "server"))]
+//! # fn main() {}
+//! # #[cfg(feature = "server")]
 //! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
