@@ -89,7 +89,8 @@ impl RawSqlite {
         conn.pragma_update(None, "journal_mode", "WAL").unwrap();
         conn.pragma_update(None, "synchronous", "NORMAL").unwrap();
         conn.pragma_update(None, "cache_size", -16384).unwrap();
-        conn.pragma_update(None, "wal_autocheckpoint", 4096).unwrap();
+        conn.pragma_update(None, "wal_autocheckpoint", 4096)
+            .unwrap();
         conn.execute_batch(
             "CREATE TABLE records (seq INTEGER PRIMARY KEY, appended_ms INTEGER NOT NULL, data BLOB NOT NULL)",
         )
@@ -135,7 +136,10 @@ fn append_batch(c: &mut Criterion) {
 
     let dir = tempfile::tempdir().unwrap();
     let buffer = rt
-        .block_on(Buffer::open(dir.path().join("buffer.db"), config(Durability::Normal)))
+        .block_on(Buffer::open(
+            dir.path().join("buffer.db"),
+            config(Durability::Normal),
+        ))
         .unwrap();
     group.bench_function("gateway_buffer_normal", |b| {
         b.to_async(&rt).iter_batched(
@@ -180,7 +184,10 @@ fn append_concurrent(c: &mut Criterion) {
     for durability in [Durability::Normal, Durability::Full] {
         let dir = tempfile::tempdir().unwrap();
         let buffer = rt
-            .block_on(Buffer::open(dir.path().join("buffer.db"), config(durability)))
+            .block_on(Buffer::open(
+                dir.path().join("buffer.db"),
+                config(durability),
+            ))
             .unwrap();
         let name = format!("64_tasks_single_record_{durability:?}").to_lowercase();
         group.bench_function(name, |b| {
@@ -252,7 +259,9 @@ where
 fn drain(c: &mut Criterion) {
     let rt = runtime();
     let mut group = c.benchmark_group("buffer_drain");
-    group.throughput(Throughput::Elements((BACKLOG.div_ceil(BATCH) * BATCH) as u64));
+    group.throughput(Throughput::Elements(
+        (BACKLOG.div_ceil(BATCH) * BATCH) as u64,
+    ));
     group.sample_size(10);
     group.warm_up_time(Duration::from_millis(1));
     group.measurement_time(Duration::from_secs(1));
