@@ -159,6 +159,27 @@ fn table(run_id: i64) -> String {
     format!("dedup_run_{run_id}")
 }
 
+/// Keys per `INSERT` statement: one statement per key spends most of its time in SQLite's
+/// per-statement overhead.
+const INSERT_ROWS: usize = 128;
+
+/// Append sorted `keys` to a run table, `INSERT_ROWS` per statement.
+fn insert_keys(conn: &Connection, run_id: i64, keys: &[Key]) -> Result<(), Error> {
+    for chunk in keys.chunks(INSERT_ROWS) {
+        let placeholders = vec!["(?)"; chunk.len()].join(",");
+        let mut insert = conn
+            .prepare_cached(&format!(
+                "INSERT INTO {} (k) VALUES {placeholders}",
+                table(run_id)
+            ))
+            .map_err(db("writing a dedup run"))?;
+        insert
+            .execute(rusqlite::params_from_iter(chunk.iter().map(|k| &k[..])))
+            .map_err(db("writing a dedup run"))?;
+    }
+    Ok(())
+}
+
 /// A merge in progress: `sources` (live runs) into the new table of `target`.
 #[derive(Debug)]
 struct Merge {
@@ -385,19 +406,10 @@ impl DedupIndex {
             return Ok(());
         };
         let end = (flush.written + budget).min(flush.keys.len());
-        {
-            let mut insert = conn
-                .prepare_cached(&format!(
-                    "INSERT INTO {} (k) VALUES (?1)",
-                    table(flush.run_id)
-                ))
-                .map_err(db("writing a dedup run"))?;
-            for k in &flush.keys[flush.written..end] {
-                insert
-                    .execute([&k[..]])
-                    .map_err(db("writing a dedup run"))?;
-                flush.bloom.insert(k);
-            }
+        let slice = &flush.keys[flush.written..end];
+        insert_keys(conn, flush.run_id, slice)?;
+        for k in slice {
+            flush.bloom.insert(k);
         }
         flush.written = end;
         if end < flush.keys.len() {
@@ -480,12 +492,7 @@ impl DedupIndex {
         let Some(merge) = self.merge.as_mut() else {
             return Ok(());
         };
-        let mut insert = conn
-            .prepare_cached(&format!(
-                "INSERT INTO {} (k) VALUES (?1)",
-                table(merge.target)
-            ))
-            .map_err(db("merging dedup runs"))?;
+        let mut out: Vec<Key> = Vec::with_capacity(budget.min(1 << 16));
         for _ in 0..budget {
             // Refill empty buffers that still have keys.
             for i in 0..merge.sources.len() {
@@ -521,11 +528,13 @@ impl DedupIndex {
                 break;
             };
             merge.buffers[i].0.pop_front();
-            insert.execute([&k[..]]).map_err(db("merging dedup runs"))?;
-            merge.bloom.insert(&k);
-            merge.copied += 1;
+            out.push(k);
         }
-        drop(insert);
+        insert_keys(conn, merge.target, &out)?;
+        for k in &out {
+            merge.bloom.insert(k);
+        }
+        merge.copied += out.len() as u64;
         let done = merge.buffers.iter().all(|(b, more)| b.is_empty() && !more);
         if done {
             self.finish_merge(conn)?;
