@@ -19,12 +19,12 @@ pub enum Error {
         /// What is wrong and what is allowed.
         reason: String,
     },
-    /// A SQLite database (command journal, command queue, event log) failed.
+    /// A SQLite database (command journal, command queue, event log, agent registry) failed.
     #[error(
         "{what} storage failed: {source} (check that the file is writable and the disk is not full)"
     )]
     Storage {
-        /// Which store failed (`command journal`, `command queue`, `event log`).
+        /// Which store failed (`command journal`, `command queue`, `event log`, `agent registry`).
         what: &'static str,
         /// The SQLite error.
         #[source]
@@ -141,6 +141,38 @@ pub enum Error {
     /// The driver task has stopped; no more calls can be served.
     #[error("the control-channel driver has stopped")]
     DriverStopped,
+    /// The agent is not registered at this gateway.
+    #[error(
+        "agent `{agent_id}` is not registered at this gateway: register it first (POST /v1/agents/register)"
+    )]
+    UnknownAgent {
+        /// The agent id.
+        agent_id: String,
+    },
+    /// The agent id is registered by another tenant; a caller may only act on its own agents.
+    #[error("agent `{agent_id}` is registered by another tenant")]
+    AgentOfOtherTenant {
+        /// The agent id.
+        agent_id: String,
+    },
+    /// The gateway already tracks as many agents as it may; the registration was refused.
+    #[error(
+        "this gateway already tracks {limit} agents (`max_agents`): raise the limit or remove agents that are gone"
+    )]
+    TooManyAgents {
+        /// The configured limit (`max_agents`).
+        limit: usize,
+    },
+    /// The agent has as many undelivered commands as it may hold; the command was not queued.
+    #[error(
+        "agent `{agent_id}` already has {capacity} commands waiting for acknowledgement (`max_pending_commands`): retry once it has taken them"
+    )]
+    AgentQueueFull {
+        /// The agent id.
+        agent_id: String,
+        /// The configured capacity (`max_pending_commands`).
+        capacity: usize,
+    },
 }
 
 impl Error {
@@ -148,8 +180,12 @@ impl Error {
     pub fn code(&self) -> ErrorCode {
         match self {
             Error::Proto(e) => e.code(),
-            Error::UnknownCommand { .. } | Error::NotConnected { .. } => ErrorCode::NotFound,
-            Error::WrongGateway { .. } => ErrorCode::Forbidden,
+            Error::UnknownCommand { .. }
+            | Error::NotConnected { .. }
+            | Error::UnknownAgent { .. } => ErrorCode::NotFound,
+            Error::WrongGateway { .. } | Error::AgentOfOtherTenant { .. } => ErrorCode::Forbidden,
+            Error::TooManyAgents { .. } => ErrorCode::Conflict,
+            Error::AgentQueueFull { .. } => ErrorCode::Unavailable,
             Error::CommandFinished { .. } | Error::CancelRequiresForce { .. } => {
                 ErrorCode::Conflict
             }
@@ -176,6 +212,13 @@ impl Error {
     pub(crate) fn journal(source: rusqlite::Error) -> Self {
         Error::Storage {
             what: "command journal",
+            source,
+        }
+    }
+
+    pub(crate) fn agent_store(source: rusqlite::Error) -> Self {
+        Error::Storage {
+            what: "agent registry",
             source,
         }
     }

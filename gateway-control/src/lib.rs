@@ -12,6 +12,7 @@
 //! | storage (SQLite) | [`gateway::SqliteJournal`] (executed ids, outcomes, pending acks) | [`SqliteCommandQueue`] (commands, timers, ack history), [`EventLog`] |
 //! | tokio driver | [`GatewayClient`] (tokio-tungstenite + rustls/ring) | [`Hub`] (axum `GET /v1/control`, REST fallback, operator API, SSE) |
 //! | REST fallback | [`gateway::RestPoller`] | [`Hub::router`] |
+//! | agent API (registration, heartbeats, presence, commands to agents) | [`AgentRegistry`] (sans-IO), [`AgentService`] (tokio), `agent_routes` (axum, feature `agent-api`) — see [`gateway::agents`] | |
 //!
 //! The cores follow quinn-proto: inputs `connected`, `handle_frame(now, ..)`,
 //! `handle_timeout(now)`, `disconnected`; outputs `poll_transmit()`, `poll_event()`,
@@ -158,6 +159,12 @@ mod state;
 
 pub use close::CloseReason;
 pub use error::Error;
+#[cfg(feature = "agent-api")]
+pub use gateway::agents::agent_routes;
+pub use gateway::agents::{
+    AgentEvent, AgentInfo, AgentRegistry, AgentRegistryConfig, AgentService, AgentServiceConfig,
+    SqliteAgentStore,
+};
 pub use gateway::{
     ConnectionState, GatewayClient, GatewayClientConfig, GatewayEvent, GatewayEvents,
     GatewayHandle, GatewaySession, GatewaySessionConfig, MemoryJournal, Outcome, OutcomeState,

@@ -1,6 +1,8 @@
 //! The gateway end: [`GatewaySession`] (sans-IO), its command [`journal`], the tokio
-//! WebSocket driver ([`GatewayClient`]) and the REST fallback client.
+//! WebSocket driver ([`GatewayClient`]) and the REST fallback client; and the gateway's
+//! local API for its [`agents`] (registration, heartbeats, presence, commands to agents).
 
+pub mod agents;
 mod driver;
 pub mod journal;
 mod ledger;
