@@ -1,27 +1,5 @@
-//! Metrics through the `metrics` facade. Every name starts with `gateway_buffer_`; a process
-//! exports them with whatever recorder it installs (the gateway binary: Prometheus).
-//!
-//! | name | kind | meaning |
-//! |---|---|---|
-//! | `gateway_buffer_appended_records_total` | counter | records committed by appends |
-//! | `gateway_buffer_appended_bytes_total` | counter | encoded bytes committed by appends |
-//! | `gateway_buffer_acked_records_total` | counter | records removed by acks |
-//! | `gateway_buffer_evicted_records_total{reason="age"\|"quota"}` | counter | records evicted |
-//! | `gateway_buffer_dead_lettered_records_total` | counter | records moved to the dead letters |
-//! | `gateway_buffer_dead_letters_dropped_total` | counter | dead letters dropped over `max_dead_letters` |
-//! | `gateway_buffer_undecodable_records_total` | counter | stored records that no longer decoded |
-//! | `gateway_buffer_leases_expired_total` | counter | leases that expired |
-//! | `gateway_buffer_commits_total` | counter | group commits |
-//! | `gateway_buffer_errors_total{kind}` | counter | failed writes (`disk_full`, `quota_exceeded`, `storage`) |
-//! | `gateway_buffer_records` | gauge | records in the queue |
-//! | `gateway_buffer_bytes` | gauge | encoded bytes in the queue |
-//! | `gateway_buffer_leased_records` | gauge | records under live leases |
-//! | `gateway_buffer_leased_bytes` | gauge | bytes under live leases |
-//! | `gateway_buffer_dead_letters` | gauge | dead letters stored |
-//! | `gateway_buffer_pressure` | gauge | 0 normal, 1 warning, 2 critical |
-//! | `gateway_buffer_file_bytes` | gauge | database file plus WAL |
-//! | `gateway_buffer_commit_records` | histogram | records per group commit |
-//! | `gateway_buffer_commit_seconds` | histogram | time to run and commit one group |
+//! Metrics through the `metrics` facade. Every name starts with `gateway_buffer_`; the crate
+//! docs list them all.
 
 use gateway_proto::BufferPressure;
 use metrics::{counter, gauge, histogram};
