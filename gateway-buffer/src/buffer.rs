@@ -128,9 +128,8 @@ impl Buffer {
         let span = tracing::debug_span!("gateway_buffer.append", records = records.len());
         let mut encoder = Encoder::default();
         let (reply, answer) = oneshot::channel();
-        let (ids, bytes) = if records.len() <= 2 * STREAM_CHUNK {
+        if records.len() <= 2 * STREAM_CHUNK {
             let batch = encoder.encode(&mut records);
-            let head = (batch.ids.clone(), batch.bytes());
             let append = Write::Append {
                 batch,
                 rest: None,
@@ -140,12 +139,10 @@ impl Buffer {
                 .tx
                 .send(Command::Write(append))
                 .map_err(|_| Error::Closed)?;
-            head
         } else {
             // Stream it: the writer inserts each chunk while this task encodes the next.
             let (first, others) = records.split_at_mut(STREAM_CHUNK);
             let batch = encoder.encode(first);
-            let (mut ids, mut bytes) = (batch.ids.clone(), batch.bytes());
             let (chunks, rest) = mpsc::channel();
             let append = Write::Append {
                 batch,
@@ -157,19 +154,17 @@ impl Buffer {
                 .send(Command::Write(append))
                 .map_err(|_| Error::Closed)?;
             for part in others.chunks_mut(STREAM_CHUNK) {
-                let chunk = encoder.encode(part);
-                ids.extend_from_slice(&chunk.ids);
-                bytes += chunk.bytes();
-                if chunks.send(Chunk::Records(chunk)).is_err() {
+                if chunks.send(Chunk::Records(encoder.encode(part))).is_err() {
                     break;
                 }
             }
             let _ = chunks.send(Chunk::Done);
-            (ids, bytes)
-        };
+        }
         // Free the records while the writer stores them, not after.
         drop(records);
-        answer.instrument(span).await.map_err(|_| Error::Closed)??;
+        let batch = answer.instrument(span).await.map_err(|_| Error::Closed)??;
+        let bytes = batch.bytes();
+        let ids = batch.ids;
         Ok(AppendReceipt { ids, bytes })
     }
 

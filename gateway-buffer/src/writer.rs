@@ -35,7 +35,9 @@ pub(crate) enum Write {
     Append {
         batch: EncodedBatch,
         rest: Option<Receiver<Chunk>>,
-        reply: Reply<()>,
+        /// Gets the (complete) batch back after the commit: its ids make the receipt, and its
+        /// memory is freed by the thread that allocated it.
+        reply: Reply<EncodedBatch>,
     },
     /// Remove a lease's records.
     Ack { lease: LeaseId, reply: Reply<()> },
@@ -297,9 +299,10 @@ fn send(write: Write, answer: Result<Answer, Error>) {
         telemetry::write_failed(e);
     }
     match write {
-        Write::Append { reply, .. }
-        | Write::Ack { reply, .. }
-        | Write::DeadLetter { reply, .. } => {
+        Write::Append { batch, reply, .. } => {
+            let _ = reply.send(answer.map(|_| batch));
+        }
+        Write::Ack { reply, .. } | Write::DeadLetter { reply, .. } => {
             let _ = reply.send(answer.map(|_| ()));
         }
         Write::PurgeDeadLetters { reply } => {
