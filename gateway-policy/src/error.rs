@@ -88,6 +88,44 @@ pub enum Error {
         reason: String,
     },
 
+    /// A policy name belongs to another tenant (see `PolicyService`: the first tenant to change
+    /// a name through the service owns it).
+    #[error("policy name {name:?} belongs to another tenant; choose another name")]
+    NameTaken {
+        /// The policy name.
+        name: String,
+    },
+
+    /// No gateway with this id is known in the caller's tenant.
+    #[error(
+        "gateway {gateway_id:?} is not known in this tenant (it registers when it first connects, or through PUT /v1/gateways/{{id}}/groups)"
+    )]
+    UnknownGateway {
+        /// The gateway id.
+        gateway_id: String,
+    },
+
+    /// The policy has no assignment to this target.
+    #[error("policy {policy:?} has no assignment to {target}")]
+    UnknownAssignment {
+        /// The policy name.
+        policy: String,
+        /// The target, as `kind:id`.
+        target: String,
+    },
+
+    /// The caller may not do this (for example assign a policy to another tenant).
+    #[error("not allowed: {0}")]
+    Forbidden(String),
+
+    /// The rollout already completed, so there is nothing left to abort.
+    #[error("rollout {0} already completed; there is nothing left to abort")]
+    RolloutFinished(u64),
+
+    /// The policy service cannot run the call: no tokio runtime, or the runtime is shutting down.
+    #[error("policy service unavailable: {0}")]
+    Unavailable(String),
+
     /// The SQLite policy store failed.
     #[cfg(feature = "server")]
     #[error("policy store database: {0}")]
@@ -95,6 +133,35 @@ pub enum Error {
 }
 
 impl Error {
+    /// The stable error code an API answers this error with (its HTTP status is
+    /// [`ErrorCode::http_status`](gateway_proto::ErrorCode::http_status)): `invalid_request`
+    /// for bad arguments, `not_found` for unknown policies, versions, rollouts, gateways and
+    /// assignments, `conflict` for a taken name or a finished rollout, `forbidden`, `unavailable`,
+    /// and `internal` for storage failures and damaged data.
+    pub fn code(&self) -> gateway_proto::ErrorCode {
+        use gateway_proto::ErrorCode;
+        match self {
+            Error::InvalidParameter { .. }
+            | Error::InvalidName { .. }
+            | Error::Canonical(_)
+            | Error::Patch(_) => ErrorCode::InvalidRequest,
+            Error::UnknownPolicy { .. }
+            | Error::UnknownVersion { .. }
+            | Error::UnknownRollout(_)
+            | Error::UnknownGateway { .. }
+            | Error::UnknownAssignment { .. } => ErrorCode::NotFound,
+            Error::NameTaken { .. } | Error::RolloutFinished(_) => ErrorCode::Conflict,
+            Error::Forbidden(_) => ErrorCode::Forbidden,
+            Error::Unavailable(_) => ErrorCode::Unavailable,
+            Error::ChecksumMismatch { .. }
+            | Error::BadSignature(_)
+            | Error::Io { .. }
+            | Error::Corrupt { .. } => ErrorCode::Internal,
+            #[cfg(feature = "server")]
+            Error::Sqlite(_) => ErrorCode::Internal,
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {
             path: path.into(),
@@ -112,3 +179,38 @@ impl Error {
 
 /// Shorthand for results of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_proto::ErrorCode;
+
+    #[test]
+    fn codes_follow_the_api_contract() {
+        let cases = [
+            (Error::invalid("x", "y"), ErrorCode::InvalidRequest),
+            (
+                Error::UnknownPolicy { name: "fw".into() },
+                ErrorCode::NotFound,
+            ),
+            (Error::UnknownRollout(3), ErrorCode::NotFound),
+            (Error::NameTaken { name: "fw".into() }, ErrorCode::Conflict),
+            (Error::RolloutFinished(3), ErrorCode::Conflict),
+            (Error::Forbidden("no".into()), ErrorCode::Forbidden),
+            (
+                Error::Unavailable("stopping".into()),
+                ErrorCode::Unavailable,
+            ),
+            (
+                Error::Corrupt {
+                    what: "row".into(),
+                    reason: "bad".into(),
+                },
+                ErrorCode::Internal,
+            ),
+        ];
+        for (error, code) in cases {
+            assert_eq!(error.code(), code, "{error}");
+        }
+    }
+}

@@ -133,10 +133,13 @@ pub use patch::{apply_patch, apply_patch_verified, diff};
 pub use policy::{MAX_NAME_LEN, Policy, PolicyVersionInfo, validate_name};
 #[cfg(feature = "server")]
 pub use server::{
-    AbortRule, Assignment, AssignmentTable, ChangeResult, GatewayInfo, Outgoing, PolicyServer,
-    PolicyServerConfig, PolicyStore, PublishOutcome, RolloutId, RolloutRecord, RolloutState,
-    RolloutSummary, RolloutTracker, SqlitePolicyStore, StagedRollout, StatusEffect, Target,
-    TargetState, TargetStatus, UpdatePlanner, build_update,
+    AbortRule, AssignResult, AssignTarget, Assignment, AssignmentTable, AssignmentView, AuditEvent,
+    ChangeResult, EventSink, GatewayInfo, GatewayPolicies, GatewayView, Outgoing, PolicyDiff,
+    PolicyEvent, PolicyHead, PolicyRollout, PolicyServer, PolicyServerConfig, PolicyService,
+    PolicyServiceBuilder, PolicyServiceConfig, PolicyStore, PublishOutcome, PublishResult,
+    RolloutId, RolloutRecord, RolloutState, RolloutSummary, RolloutTracker, RolloutView,
+    SqlitePolicyStore, StagedRollout, StateCounts, StatusEffect, Target, TargetState, TargetStatus,
+    TargetView, UnassignResult, UpdatePlanner, UpdateSink, VersionOutcome, build_update,
 };
 pub use signing::{PolicySigner, PolicyVerifier};
 

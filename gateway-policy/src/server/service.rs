@@ -151,6 +151,21 @@ impl<S: PolicyStore> PolicyServer<S> {
         &self.assignments
     }
 
+    /// A known gateway's membership (tenant, groups).
+    pub fn gateway(&self, gateway_id: &str) -> Option<&GatewayInfo> {
+        self.gateways.get(gateway_id)
+    }
+
+    /// Every known gateway, in no particular order.
+    pub fn gateways(&self) -> impl Iterator<Item = &GatewayInfo> {
+        self.gateways.values()
+    }
+
+    /// The latest version of `name`, if it was ever published.
+    pub fn latest_version(&self, name: &str) -> Option<u64> {
+        self.latest.get(name).copied()
+    }
+
     /// The desired version of every policy for `gateway_id`.
     pub fn desired_versions(&self, gateway_id: &str) -> BTreeMap<String, u64> {
         self.gateways

@@ -51,6 +51,10 @@ CREATE TABLE IF NOT EXISTS policy_rollout_targets (
     released INTEGER NOT NULL,
     PRIMARY KEY (rollout, gateway)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS policy_owners (
+    name TEXT PRIMARY KEY NOT NULL,
+    tenant TEXT NOT NULL
+) WITHOUT ROWID;
 PRAGMA user_version = 1;
 ";
 
@@ -66,6 +70,9 @@ PRAGMA user_version = 1;
 /// * `policy_rollouts(id, policy, version, started_at, staging, aborted)` and
 ///   `policy_rollout_targets(rollout, gateway, released)`: rollouts survive a restart, so a
 ///   staged rollout keeps its pace and an aborted one stays aborted.
+/// * `policy_owners(name, tenant)`: which tenant owns a policy name (added without a schema
+///   version change: `CREATE TABLE IF NOT EXISTS` adds it to older files, and older releases
+///   ignore it).
 ///
 /// Publishing runs in an `IMMEDIATE` transaction, so concurrent publishers (threads or processes
 /// sharing the file) never hand out the same version.
@@ -473,6 +480,22 @@ impl PolicyStore for SqlitePolicyStore {
         tx.commit()?;
         Ok(())
     }
+
+    fn set_policy_owner(&self, name: &str, tenant: &str) -> Result<()> {
+        validate_name(name)?;
+        self.conn().execute(
+            "INSERT OR REPLACE INTO policy_owners (name, tenant) VALUES (?1, ?2)",
+            params![name, tenant],
+        )?;
+        Ok(())
+    }
+
+    fn policy_owners(&self) -> Result<Vec<(String, String)>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT name, tenant FROM policy_owners ORDER BY name")?;
+        let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
 }
 
 #[cfg(test)]
@@ -680,5 +703,29 @@ mod tests {
         );
         s.delete_rollouts(&[7]).unwrap();
         assert_eq!(s.rollouts().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn policy_owners_persist_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policies.db");
+        {
+            let s = SqlitePolicyStore::open(&path).unwrap();
+            assert!(s.policy_owners().unwrap().is_empty());
+            s.set_policy_owner("fw", "acme").unwrap();
+            s.set_policy_owner("dns", "globex").unwrap();
+            assert!(matches!(
+                s.set_policy_owner("../x", "acme"),
+                Err(Error::InvalidName { .. })
+            ));
+        }
+        let s = SqlitePolicyStore::open(&path).unwrap();
+        assert_eq!(
+            s.policy_owners().unwrap(),
+            vec![
+                ("dns".into(), "globex".into()),
+                ("fw".into(), "acme".into())
+            ]
+        );
     }
 }

@@ -93,6 +93,14 @@ pub trait PolicyStore: Send + Sync {
     /// Forget rollouts (see [`super::RolloutTracker::prune`]).
     fn delete_rollouts(&self, rollouts: &[RolloutId]) -> Result<()>;
 
+    /// Record that policy `name` belongs to `tenant` (see [`super::PolicyService`]: the first
+    /// tenant to change a name through the service owns it).
+    fn set_policy_owner(&self, name: &str, tenant: &str) -> Result<()>;
+
+    /// Every owned policy name with its tenant. Names never changed through the service (published
+    /// directly through [`super::PolicyServer`]) have no owner.
+    fn policy_owners(&self) -> Result<Vec<(String, String)>>;
+
     /// A version, or [`Error::UnknownVersion`] / [`Error::UnknownPolicy`].
     fn get(&self, name: &str, version: u64) -> Result<Policy> {
         match self.fetch(name, version)? {
