@@ -31,6 +31,89 @@
 //! still has it, the full document otherwise, signed when a key is configured. Everything takes
 //! the time as an argument; nothing reads a clock.
 //!
+//! [`PolicyService`] runs a [`PolicyServer`] on tokio for a server binary: SQLite on the blocking
+//! pool, its own timer for staged rollouts, frames out through an [`UpdateSink`], rollout, status
+//! and audit events out through an [`EventSink`], tenancy for operators, and the operator HTTP API
+//! ([`PolicyService::operator_router`]; routes, bodies and error codes in `API.md`).
+//!
+//! ### Wiring into a server with a control hub
+//! ```text
+//! let policies = PolicyService::builder(PolicyServer::new(store, config)?, {
+//!         let hub = hub.clone();
+//!         move |gateway_id: &str, update: PolicyUpdate| {
+//!             let _ = hub.send_frame(gateway_id, ControlFrame::PolicyUpdate(update)); // offline: dropped
+//!         }
+//!     })
+//!     .events(move |kind: &str, tenant: &str, data: Value| { events.publish(kind, Some(tenant), data); })
+//!     .start().await?;
+//! let app = app.merge(policies.operator_router(authenticator.clone()));
+//! // From the hub's events:
+//! //   SessionEstablished { gateway_id, tenant, hello, .. } => policies.gateway_connected(&gateway_id, &tenant, &hello.applied_policies)
+//! //   Frame { frame: ControlFrame::PolicyStatus(s), gateway_id, .. } => policies.policy_status(&gateway_id, s.clone())
+//! //   SessionClosed { gateway_id, .. } (of the current session only) => policies.gateway_disconnected(&gateway_id)
+//! ```
+//!
+//! ## Example: the service, with an in-memory update sink
+//!
+//! ```
+//! # #[cfg(feature = "server")] {
+//! use std::sync::{Arc, Mutex};
+//!
+//! use gateway_policy::{
+//!     AcceptAll, ApplierConfig, AssignTarget, MemoryAppliedStore, PolicyApplier, PolicyServer,
+//!     PolicyServerConfig, PolicyService, RolloutState, SqlitePolicyStore,
+//! };
+//! use gateway_proto::PolicyUpdate;
+//! use gateway_proto::auth::{Principal, Role, StaticTokens};
+//! use serde_json::{Value, json};
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! // Where frames go: a server hands them to its control hub; here, a list.
+//! let outbox: Arc<Mutex<Vec<(String, PolicyUpdate)>>> = Arc::default();
+//! let events: Arc<Mutex<Vec<String>>> = Arc::default();
+//! let (sink, log) = (outbox.clone(), events.clone());
+//! let store = SqlitePolicyStore::open_in_memory().unwrap();
+//! let server = PolicyServer::new(store, PolicyServerConfig::default()).unwrap();
+//! let service = PolicyService::builder(server, move |gateway_id: &str, update: PolicyUpdate| {
+//!     sink.lock().unwrap().push((gateway_id.to_owned(), update));
+//! })
+//! .events(move |kind: &str, _tenant: &str, _data: Value| log.lock().unwrap().push(kind.into()))
+//! .start()
+//! .await
+//! .unwrap();
+//!
+//! // The operator API, to merge into the server's router.
+//! let tokens = StaticTokens::new().with("s3cret", Principal::new("acme", "ann", Role::Admin));
+//! let _operator_routes: axum::Router = service.operator_router(Arc::new(tokens));
+//!
+//! // A gateway connects, running nothing yet.
+//! let (mut gateway, _) =
+//!     PolicyApplier::open(ApplierConfig::default(), MemoryAppliedStore::new(), AcceptAll).unwrap();
+//! service.gateway_connected("gw-1", "acme", &gateway.applied_policies()).await.unwrap();
+//!
+//! // An operator publishes a policy and assigns it to the tenant (what the routes call).
+//! let ann = Principal::new("acme", "ann", Role::Admin);
+//! service.publish(&ann, "firewall", json!({"mode": "enforce"}), "first", None).await.unwrap();
+//! let assigned = service
+//!     .assign(&ann, "firewall", AssignTarget::Tenant("acme".into()), None, None)
+//!     .await
+//!     .unwrap();
+//!
+//! // The update went out; the gateway applies it and answers with its status.
+//! let sent: Vec<_> = outbox.lock().unwrap().drain(..).collect();
+//! assert_eq!(sent.len(), 1);
+//! for (gateway_id, update) in sent {
+//!     let status = gateway.apply(&update, 0);
+//!     service.policy_status(&gateway_id, status).await.unwrap();
+//! }
+//! let rollout = service.rollout("acme", assigned.rollouts[0].id).await.unwrap();
+//! assert_eq!((rollout.applied, rollout.state), (1, RolloutState::Completed));
+//! let kinds = events.lock().unwrap().clone();
+//! assert!(kinds.contains(&"policy.published".to_owned()) && kinds.contains(&"audit".to_owned()));
+//! # });
+//! # }
+//! ```
+//!
 //! ## Example: publish on the server, apply on a gateway
 //!
 //! ```

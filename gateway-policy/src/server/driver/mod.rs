@@ -570,9 +570,85 @@ impl<S: PolicyStore + 'static> PolicyService<S> {
     {
         self.call(move |core, _| Ok(f(&core.server))).await
     }
+}
 
-    /// The time of the service's clock, ms since the epoch.
-    pub fn now_ms(&self) -> i64 {
-        self.shared.clock.now_ms()
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+
+    use super::*;
+    use crate::PolicyServerConfig;
+
+    fn server() -> PolicyServer<SqlitePolicyStore> {
+        let store = SqlitePolicyStore::open_in_memory().unwrap();
+        PolicyServer::new(store, PolicyServerConfig::default()).unwrap()
+    }
+
+    #[test]
+    fn config_defaults_and_validation_name_the_parameter() {
+        let config: PolicyServiceConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(config, PolicyServiceConfig::default());
+        assert_eq!(config.rollout_retention_ms, 604_800_000);
+        config.validate().unwrap();
+        for (bad, param) in [
+            (
+                PolicyServiceConfig {
+                    rollout_retention_ms: 0,
+                    ..Default::default()
+                },
+                "rollout_retention_ms",
+            ),
+            (
+                PolicyServiceConfig {
+                    prune_interval_ms: -1,
+                    ..Default::default()
+                },
+                "prune_interval_ms",
+            ),
+        ] {
+            assert!(matches!(
+                bad.validate(),
+                Err(Error::InvalidParameter { param_name, .. }) if param_name == param
+            ));
+        }
+    }
+
+    #[test]
+    fn starting_outside_a_tokio_runtime_is_an_error_not_a_panic() {
+        let start = PolicyService::builder(server(), |_: &str, _: PolicyUpdate| {}).start();
+        let mut start = std::pin::pin!(start);
+        let mut cx = Context::from_waker(Waker::noop());
+        match start.as_mut().poll(&mut cx) {
+            Poll::Ready(Err(Error::Unavailable(reason))) => {
+                assert!(reason.contains("tokio runtime"), "{reason}")
+            }
+            other => panic!(
+                "expected Unavailable, got {:?}",
+                other.map(|r| r.map(|_| ()))
+            ),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_timer_task_ends_with_the_last_handle() {
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let service = PolicyService::builder(server(), |_: &str, _: PolicyUpdate| {})
+            .start()
+            .await
+            .unwrap();
+        let copy = service.clone();
+        assert_eq!(metrics.num_alive_tasks(), 1, "the timer");
+        drop(service);
+        tokio::task::yield_now().await;
+        assert_eq!(metrics.num_alive_tasks(), 1, "a clone keeps it alive");
+        drop(copy);
+        for _ in 0..100 {
+            if metrics.num_alive_tasks() == 0 {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+        panic!("the timer task is still alive");
     }
 }
