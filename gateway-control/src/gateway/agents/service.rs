@@ -371,8 +371,7 @@ impl AgentService {
     pub fn cancel_command(&self, agent_id: &str, command_id: CommandId) -> bool {
         let canceled = self
             .inner
-            .update(|r| Ok::<_, Error>(r.cancel_command(agent_id, command_id)))
-            .unwrap_or(false);
+            .update(|r| r.cancel_command(agent_id, command_id));
         if canceled {
             self.inner.control().pending.remove(&command_id);
         }
@@ -382,7 +381,7 @@ impl AgentService {
     /// Forget an agent (and its stored registration); its pending control commands are
     /// reported `failed`. Returns what was known of it.
     pub async fn remove(&self, agent_id: &str) -> Result<Option<AgentInfo>, Error> {
-        let removed = self.inner.update(|r| Ok::<_, Error>(r.remove(agent_id)))?;
+        let removed = self.inner.update(|r| r.remove(agent_id));
         if let Some(agent) = &removed {
             for pending in &agent.pending_commands {
                 self.inner.finish_control(
@@ -424,10 +423,7 @@ impl AgentService {
     /// this on time by itself; call it after moving a manual clock in tests.
     pub fn check_timers(&self) {
         let now = self.inner.clock.now_ms();
-        let _ = self.inner.update(|r| {
-            r.handle_timeout(now);
-            Ok::<_, Error>(())
-        });
+        self.inner.update(|r| r.handle_timeout(now));
     }
 
     /// Save (or delete) the registration of `agent_id` as the registry has it now.
@@ -457,10 +453,7 @@ impl Inner {
 
     /// Run `f` on the registry, then hand out the events it produced — under the lock, so
     /// subscribers see them in the order they happened.
-    fn update<T>(
-        &self,
-        f: impl FnOnce(&mut AgentRegistry) -> Result<T, Error>,
-    ) -> Result<T, Error> {
+    fn update<T>(&self, f: impl FnOnce(&mut AgentRegistry) -> T) -> T {
         let mut registry = self.registry();
         let result = f(&mut registry);
         while let Some(event) = registry.poll_event() {
@@ -565,12 +558,10 @@ async fn run_timer(inner: Weak<Inner>, wake: Arc<Notify>) {
                 return;
             };
             let now = inner.clock.now_ms();
-            let next = inner
-                .update(|r| {
-                    r.handle_timeout(now);
-                    Ok::<_, Error>(r.poll_timeout())
-                })
-                .unwrap_or(None);
+            let next = inner.update(|r| {
+                r.handle_timeout(now);
+                r.poll_timeout()
+            });
             next.map_or(MAX_TIMER_SLEEP_MS, |at| at.saturating_sub(now))
                 .clamp(0, MAX_TIMER_SLEEP_MS)
         };
