@@ -63,7 +63,7 @@ pub struct UplinkStatus {
     pub retry_in_ms: Option<u64>,
     /// True when retries gave up after `retry.max_elapsed_ms`; only [`Uplink::wake`] resumes.
     pub parked: bool,
-    /// Batches being posted right now.
+    /// Batches posted and not yet settled (acked, released or dead-lettered).
     pub in_flight: usize,
     /// Current batch size limit in records (halved after a 413).
     pub batch_max_records: usize,
@@ -596,17 +596,41 @@ async fn send_group<S: RecordSource>(
         () = phase_at_least(phase, true) => None,
     };
     let elapsed = started.elapsed();
+    settle(
+        shared,
+        &layout,
+        (count, bytes),
+        epoch,
+        &batch,
+        attempt,
+        elapsed,
+    )
+    .await;
+    // Counted in flight until its leases are settled, so `flush` never sees an empty buffer
+    // before the counters and health reflect the last batch.
     shared.state().in_flight -= 1;
     metrics::gauge!("gateway_uplink_in_flight").decrement(1.0);
+}
+
+/// Ack, release or dead-letter a batch's leases by the attempt's outcome.
+async fn settle<S: RecordSource>(
+    shared: &Shared<S>,
+    layout: &Layout<S::LeaseId>,
+    (count, bytes): (usize, u64),
+    epoch: u64,
+    batch: &Batch,
+    attempt: Option<Attempt>,
+    elapsed: Duration,
+) {
     match attempt {
         None => {
             tracing::info!(batch = %batch.batch_id, "shutdown deadline passed; releasing a batch in flight");
-            release_all_ids(shared, &layout).await;
+            release_all_ids(shared, layout).await;
         }
         Some(Attempt::Answered(ack)) if ack_adds_up(&ack, count) => {
             metrics::histogram!("gateway_uplink_request_seconds", "outcome" => "ok")
                 .record(elapsed.as_secs_f64());
-            on_ack(shared, &layout, ack).await;
+            on_ack(shared, layout, ack).await;
         }
         Some(Attempt::Answered(ack)) => {
             // Something between us and the receiver mangled the answer. Acking could lose
@@ -620,7 +644,7 @@ async fn send_group<S: RecordSource>(
             );
             on_failure(
                 shared,
-                &layout,
+                layout,
                 (count, bytes),
                 epoch,
                 Failure::Connection,
@@ -638,7 +662,7 @@ async fn send_group<S: RecordSource>(
                 .record(elapsed.as_secs_f64());
             on_failure(
                 shared,
-                &layout,
+                layout,
                 (count, bytes),
                 epoch,
                 failure,
