@@ -180,8 +180,8 @@ fn e2e(c: &mut Criterion) {
                         assert_eq!(outcome, FlushOutcome::Flushed);
                         let status = uplink.status();
                         let counters = status.counters;
-                        // Every record answered for once; a batch whose answer was lost
-                        // (timeout under load) comes back as duplicates, never as a loss.
+                        // Every record answered for once. A batch whose answer was lost (a
+                        // timeout) would come back as duplicates, never as a loss.
                         assert_eq!(
                             counters.records_accepted + counters.records_duplicate,
                             RECORDS as u64
