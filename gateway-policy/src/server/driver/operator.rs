@@ -80,10 +80,10 @@ impl<S: PolicyStore> Core<S> {
         self.check_writable(name, &actor.tenant)?;
         // Claimed before publishing so a first version can never go out unowned.
         self.claim(name, &actor.tenant)?;
-        let change =
+        let mut change =
             self.server
                 .publish(name, document, &actor.subject, message, staging, now_ms)?;
-        self.send(change.updates.clone());
+        self.send(std::mem::take(&mut change.updates));
         if let Some(PublishOutcome::Created(p)) = &change.outcome {
             self.emit(
                 PolicyEvent::PUBLISHED,
@@ -108,11 +108,12 @@ impl<S: PolicyStore> Core<S> {
         now_ms: i64,
     ) -> Result<PublishResult> {
         self.check_writable(name, &actor.tenant)?;
-        let change =
+        let mut change =
             self.server
                 .rollback(name, to_version, &actor.subject, message, staging, now_ms)?;
+        // Frames first: the targets are marked delivered already, so they must leave.
+        self.send(std::mem::take(&mut change.updates));
         self.claim(name, &actor.tenant)?;
-        self.send(change.updates.clone());
         if let Some(PublishOutcome::Created(p)) = &change.outcome {
             self.emit(
                 PolicyEvent::ROLLED_BACK,
@@ -153,8 +154,8 @@ impl<S: PolicyStore> Core<S> {
         };
         let view = views::assignment_view(&assignment, target.clone());
         let change = self.server.assign(assignment, staging, now_ms)?;
-        self.claim(name, &actor.tenant)?;
         self.send(change.updates);
+        self.claim(name, &actor.tenant)?;
         self.emit(
             PolicyEvent::ASSIGNED,
             &actor.tenant,
@@ -193,8 +194,8 @@ impl<S: PolicyStore> Core<S> {
             });
         };
         let change = self.server.unassign(name, &stored, None, now_ms)?;
-        self.claim(name, &actor.tenant)?;
         self.send(change.updates);
+        self.claim(name, &actor.tenant)?;
         self.emit(
             PolicyEvent::UNASSIGNED,
             &actor.tenant,
