@@ -346,6 +346,7 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<Gateway> {
                 .with_state(parts.clone()),
         );
 
+    let app = crate::with_error_fallbacks(app);
     let listener = TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;

@@ -42,3 +42,29 @@ pub async fn wait_for_signal() {
         let _ = ctrl_c.await;
     }
 }
+
+/// Answers for requests no route takes, with the workspace's error body: 404 `not_found` for an
+/// unknown path, 405 `method_not_allowed` for a known path with another method.
+pub fn with_error_fallbacks(router: axum::Router) -> axum::Router {
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use gateway_proto::{ErrorBody, ErrorCode};
+
+    fn answer(code: ErrorCode, message: String) -> axum::response::Response {
+        let body = ErrorBody::new(code, message);
+        let status = StatusCode::from_u16(body.http_status()).unwrap_or(StatusCode::NOT_FOUND);
+        (status, axum::Json(body)).into_response()
+    }
+    router
+        .method_not_allowed_fallback(
+            |method: axum::http::Method, uri: axum::http::Uri| async move {
+                answer(
+                    ErrorCode::MethodNotAllowed,
+                    format!("{} does not accept {method}", uri.path()),
+                )
+            },
+        )
+        .fallback(|uri: axum::http::Uri| async move {
+            answer(ErrorCode::NotFound, format!("no route for {}", uri.path()))
+        })
+}

@@ -46,9 +46,14 @@ pub(crate) async fn start(wiring: PolicyWiring) -> anyhow::Result<PolicyParts> {
         auth,
         clock,
     } = wiring;
-    let store = SqlitePolicyStore::open(&db_path)
-        .with_context(|| format!("opening the policy store {}", db_path.display()))?;
-    let server = PolicyServer::new(store, config).context("configuring the policy server")?;
+    // Opening and loading SQLite blocks: keep it off the async workers.
+    let server = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let store = SqlitePolicyStore::open(&db_path)
+            .with_context(|| format!("opening the policy store {}", db_path.display()))?;
+        PolicyServer::new(store, config).context("configuring the policy server")
+    })
+    .await
+    .context("the policy store task panicked")??;
     let sender = hub.clone();
     let service = PolicyService::builder(server, move |gateway_id: &str, update: PolicyUpdate| {
         // Not connected: dropped; the service resends on the gateway's next hello.
@@ -56,7 +61,9 @@ pub(crate) async fn start(wiring: PolicyWiring) -> anyhow::Result<PolicyParts> {
     })
     .clock(clock)
     .events(move |kind: &str, tenant: &str, data: Value| {
-        events.publish(kind, Some(tenant), data);
+        // Events of a policy no tenant owns yet carry an empty tenant: every operator sees them.
+        let tenant = (!tenant.is_empty()).then_some(tenant);
+        events.publish(kind, tenant, data);
     })
     .start()
     .await

@@ -226,6 +226,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
         .merge(operator)
         .merge(event_routes(events, auth))
         .merge(own);
+    let app = crate::with_error_fallbacks(app);
 
     let listener = TcpListener::bind(listen)
         .await

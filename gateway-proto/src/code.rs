@@ -63,6 +63,8 @@ error_codes! {
     Forbidden = "forbidden" => 403,
     /// The resource does not exist.
     NotFound = "not_found" => 404,
+    /// The path exists but not with this HTTP method.
+    MethodNotAllowed = "method_not_allowed" => 405,
     /// The request conflicts with the current state (for example a stale version).
     Conflict = "conflict" => 409,
     /// The body, a batch or a frame is larger than the limits allow.
