@@ -27,7 +27,9 @@
 //!   command interrupted by a crash is reported `failed`, never re-run.
 //! * **No outcome lost**: an outcome is journaled before it is queued, re-sent after a
 //!   reconnect or restart, and the server redelivers every unfinished command on each new
-//!   session, which the journal answers.
+//!   session — and, on a live session, every `redeliver_after_ms` while a command has no
+//!   outcome (a frame can be lost, or fail to be stored, without the session ending) — which
+//!   the journal answers with the stored outcome.
 //! * **Commands are stored before `enqueue` returns**, delivered per gateway by priority then
 //!   age, and move only forward through `queued → sent → received → in_progress →
 //!   succeeded | failed | rejected` (or `expired`, `timed_out`, `canceled`; see

@@ -380,6 +380,64 @@ fn unconfirmed_commands_are_redelivered_after_the_redelivery_delay() {
 }
 
 #[test]
+fn an_outcome_lost_on_a_link_that_stays_up_is_asked_for_again() {
+    let mut pair = Pair::default_pair();
+    pair.queue_config.redeliver_after_ms = 2_000;
+    pair.restart_server();
+    pair.advance(ms(100));
+    let id = pair.enqueue(NewCommand::new(GATEWAY, "flush")).id;
+    pair.advance(ms(50));
+    assert_eq!(pair.command(&id).state, CommandState::Received);
+    // The outcome is lost, but for less than the silence limit: the session survives, so no
+    // reconnect will bring the command back.
+    pair.drop_to_server = true;
+    pair.complete(id, Outcome::failed("jammed"));
+    pair.advance(ms(500));
+    pair.drop_to_server = false;
+    pair.advance(ms(1_000));
+    assert_eq!(pair.command(&id).state, CommandState::Received);
+    assert_eq!(
+        pair.logged("gateway.offline").len(),
+        0,
+        "the session stayed up"
+    );
+    // The server asks again; the journal answers with the stored outcome.
+    pair.advance(ms(1_000));
+    let record = pair.command(&id);
+    assert_eq!(record.state, CommandState::Failed);
+    assert_eq!(record.detail.as_deref(), Some("jammed"));
+    assert_eq!(pair.executions[&id], 1, "answered, not run again");
+}
+
+#[test]
+fn redeliveries_of_a_running_command_do_not_restart_its_step_timer() {
+    let mut pair = Pair::default_pair();
+    pair.queue_config.redeliver_after_ms = 1_000;
+    pair.restart_server();
+    pair.advance(ms(100));
+    let id = pair
+        .enqueue(NewCommand::new(GATEWAY, "scan").execution_timeout_ms(4_000))
+        .id;
+    pair.advance(ms(50));
+    pair.gateway.report_progress(id, None).unwrap();
+    pair.advance(ms(50));
+    assert_eq!(pair.command(&id).state, CommandState::InProgress);
+    // The application hangs. The server asks again every second on the live session, and
+    // each reconnect redelivers it too; the journal answers `received` ("already running"),
+    // which is not progress.
+    for _ in 0..3 {
+        pair.advance(ms(1_000));
+        pair.disconnect();
+    }
+    pair.advance(ms(800));
+    assert!(pair.command(&id).attempts >= 5, "{:?}", pair.command(&id));
+    assert_eq!(pair.command(&id).state, CommandState::InProgress);
+    pair.advance(ms(300));
+    assert_eq!(pair.command(&id).state, CommandState::TimedOut);
+    assert_eq!(pair.executions[&id], 1);
+}
+
+#[test]
 fn canceling_needs_force_once_delivered() {
     let mut pair = Pair::default_pair();
     pair.set_server_up(false);

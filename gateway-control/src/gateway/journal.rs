@@ -5,7 +5,8 @@
 //!
 //! * **At most once.** A command is written as `received` *before* the application sees it.
 //!   A redelivery of a known id is never handed to the application again: it is answered from
-//!   the journal ([`JournalEntry`]).
+//!   the journal ([`JournalEntry`]) — with the outcome once finished, with `received` while it
+//!   runs (a redelivery is not progress, so it must not restart the server's step timer).
 //! * **No outcome lost.** An outcome is written (with `ack_pending`) before its `command_ack`
 //!   is queued; pending outcomes are re-sent after a reconnect or a restart.
 //! * **Crash while running.** A command still `received`/`in_progress` when the journal is

@@ -55,12 +55,16 @@ impl Ledger {
                     .increment(1);
                 Ok(Incoming::Known(ack_of(command.id, &outcome)))
             }
-            Some(JournalEntry::Running { last }) => {
+            Some(JournalEntry::Running { .. }) => {
                 metrics::counter!("gateway_control_gateway_redeliveries_answered_total")
                     .increment(1);
+                // `received`, never `in_progress`, even when progress was reported: the
+                // server restarts the step timer on every `in_progress`, and a redelivery is
+                // not progress — answering with it would keep a hung command from ever timing
+                // out while the server keeps asking.
                 Ok(Incoming::Known(CommandAck {
                     id: command.id,
-                    state: last,
+                    state: CommandAckState::Received,
                     detail: Some("already running".into()),
                     result: None,
                 }))

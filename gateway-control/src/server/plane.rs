@@ -367,7 +367,8 @@ impl ControlPlane {
     // ----- timers -----
 
     /// Fire due timers: expire and time out commands, mark silent gateways offline. Returns
-    /// the `sent` commands to redeliver, with their gateway.
+    /// the unfinished commands to redeliver, with their gateway (see
+    /// [`Sweep::redeliver`](super::queue::Sweep::redeliver)).
     pub fn tick(&self) -> Result<Vec<(String, Command)>, Error> {
         let now = self.now_ms();
         let sweep = self.queue.sweep(now)?;

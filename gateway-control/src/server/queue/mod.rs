@@ -10,6 +10,12 @@
 //! * **At-least-once delivery.** `sent` commands are redelivered when `received` does not come
 //!   within `redeliver_after_ms`, and every unfinished command is resent when the gateway
 //!   reconnects; the gateway's journal answers redeliveries without running them twice.
+//! * **No outcome lost.** A `received` or `in_progress` command is sent again every
+//!   `redeliver_after_ms` without an acknowledgement, on a live session too: an outcome can be
+//!   lost without the session ending (a frame lost on the way, an acknowledgement the server
+//!   failed to store), and the journal answers the redelivery with the stored outcome — or
+//!   with `received` while the command still runs, which neither moves it nor restarts its
+//!   step timer.
 //! * **Deadlines hold without the gateway.** Every unfinished command carries a timer
 //!   (`timer_ms`, persisted): the delivery deadline (→ `expired`), the redelivery time, or the
 //!   step deadline (→ `timed_out`; each progress report restarts it). [`CommandQueue::sweep`]
@@ -39,7 +45,10 @@ pub struct QueueConfig {
     pub default_delivery_ttl_ms: u64,
     /// Execution timeout (step timer) of commands enqueued without one, ms. Default 10 min.
     pub default_execution_timeout_ms: u64,
-    /// A `sent` command not confirmed `received` within this is sent again, ms. Default 30 s.
+    /// A `sent` command not confirmed `received` within this is sent again, and so is a
+    /// `received` or `in_progress` one without an acknowledgement for this long (its outcome
+    /// may have been lost; the gateway's journal answers without running it again), ms.
+    /// Default 30 s.
     pub redeliver_after_ms: u64,
     /// `synchronous=FULL` (survives power loss) instead of `NORMAL` (survives a crash of the
     /// process). Default false.
@@ -365,7 +374,9 @@ pub enum QueueOutput {
 pub struct Sweep {
     /// Commands that expired or timed out.
     pub changes: Vec<StateChange>,
-    /// `sent` commands whose redelivery is due (resend them if their gateway is connected).
+    /// Unfinished commands whose redelivery is due: `sent` ones not confirmed `received`, and
+    /// `received`/`in_progress` ones without an outcome (resend them if their gateway is
+    /// connected).
     pub redeliver: Vec<CommandRecord>,
 }
 
@@ -479,7 +490,8 @@ pub trait CommandQueue: Send + Sync + 'static {
     /// The acknowledgement history of a command, oldest first.
     fn acks(&self, id: &CommandId) -> Result<Vec<AckRecord>, Error>;
 
-    /// Fire every timer due at `now_ms`: expire, time out, schedule redeliveries.
+    /// Fire every timer due at `now_ms`: expire, time out, schedule redeliveries (of `sent`
+    /// commands and of running ones whose outcome has not come).
     fn sweep(&self, now_ms: i64) -> Result<Sweep, Error>;
 
     /// The earliest pending timer, ms since the epoch.

@@ -192,14 +192,22 @@ struct Update<'a> {
     result: Option<&'a serde_json::Value>,
 }
 
+/// The earliest of two optional instants.
+fn earliest(a: Option<i64>, b: Option<i64>) -> Option<i64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 fn timer_for(state: CommandState, u: &Update<'_>) -> Option<i64> {
     match state {
         CommandState::Queued => Some(u.delivery_deadline_ms),
-        CommandState::Sent => Some(match u.redeliver_at_ms {
-            Some(r) => r.min(u.delivery_deadline_ms),
-            None => u.delivery_deadline_ms,
-        }),
-        CommandState::Received | CommandState::InProgress => u.step_deadline_ms,
+        CommandState::Sent => earliest(u.redeliver_at_ms, Some(u.delivery_deadline_ms)),
+        // The step deadline, or the time to ask again for an outcome that may have been lost.
+        CommandState::Received | CommandState::InProgress => {
+            earliest(u.redeliver_at_ms, u.step_deadline_ms)
+        }
         _ => None,
     }
 }
@@ -377,17 +385,15 @@ impl SqliteCommandQueue {
                 if r.state == CommandState::Sent && now_ms >= r.delivery_deadline_ms {
                     continue; // the sweep expires it
                 }
-                let redeliver_at = match r.state {
-                    CommandState::Sent => Some(self.redeliver_at(now_ms)),
-                    _ => row.redeliver_at_ms,
-                };
+                // Sent again now: the next redelivery (or question about the outcome) waits
+                // a full interval.
                 write(
                     tx,
                     Update {
                         id: &r.id,
                         state: r.state,
                         now_ms,
-                        redeliver_at_ms: redeliver_at,
+                        redeliver_at_ms: Some(self.redeliver_at(now_ms)),
                         step_deadline_ms: r.step_deadline_ms,
                         delivery_deadline_ms: r.delivery_deadline_ms,
                         attempts_delta: 1,
@@ -477,11 +483,14 @@ impl SqliteCommandQueue {
                 progress: false,
             });
         }
-        let step_deadline = match reported {
-            CommandState::Received | CommandState::InProgress => {
-                Some(now_ms.saturating_add(r.execution_timeout_ms.min(i64::MAX as u64 / 2) as i64))
-            }
-            _ => None,
+        // Still running: the step timer restarts, and so does the time after which the
+        // server asks again in case the outcome is lost on the way.
+        let (step_deadline, redeliver_at) = match reported {
+            CommandState::Received | CommandState::InProgress => (
+                Some(now_ms.saturating_add(r.execution_timeout_ms.min(i64::MAX as u64 / 2) as i64)),
+                Some(self.redeliver_at(now_ms)),
+            ),
+            _ => (None, None),
         };
         write(
             tx,
@@ -489,7 +498,7 @@ impl SqliteCommandQueue {
                 id: &r.id,
                 state: reported,
                 now_ms,
-                redeliver_at_ms: None,
+                redeliver_at_ms: redeliver_at,
                 step_deadline_ms: step_deadline,
                 delivery_deadline_ms: r.delivery_deadline_ms,
                 attempts_delta: 0,
@@ -720,17 +729,31 @@ impl CommandQueue for SqliteCommandQueue {
                         CommandState::Expired,
                         format!("not received before its delivery deadline ({})", r.delivery_deadline_ms),
                     ),
-                    CommandState::Sent => {
-                        // Redelivery due.
+                    CommandState::Received | CommandState::InProgress
+                        if r.step_deadline_ms.is_none_or(|step| now_ms >= step) =>
+                    {
+                        (
+                            CommandState::TimedOut,
+                            format!(
+                                "no outcome within its execution timeout of {} ms",
+                                r.execution_timeout_ms
+                            ),
+                        )
+                    }
+                    CommandState::Sent | CommandState::Received | CommandState::InProgress => {
+                        // Redelivery due: `received` did not come, or the outcome did not (it
+                        // may have been lost on a link that stayed up, or the server may have
+                        // failed to store it). The gateway's journal answers a command it
+                        // knows with its outcome, or `received` while it still runs.
                         let next = self.redeliver_at(now_ms);
                         write(
                             tx,
                             Update {
                                 id: &r.id,
-                                state: CommandState::Sent,
+                                state: r.state,
                                 now_ms,
                                 redeliver_at_ms: Some(next),
-                                step_deadline_ms: None,
+                                step_deadline_ms: r.step_deadline_ms,
                                 delivery_deadline_ms: r.delivery_deadline_ms,
                                 attempts_delta: 1,
                                 detail: None,
@@ -740,13 +763,6 @@ impl CommandQueue for SqliteCommandQueue {
                         sweep.redeliver.push(row.record);
                         continue;
                     }
-                    CommandState::Received | CommandState::InProgress => (
-                        CommandState::TimedOut,
-                        format!(
-                            "no outcome within its execution timeout of {} ms",
-                            r.execution_timeout_ms
-                        ),
-                    ),
                     // Queued before its deadline (timer moved by a clock change) or terminal:
                     // nothing to fire; re-arm the right timer.
                     _ => {
@@ -902,16 +918,56 @@ mod tests {
             Some(NOW + 1_000),
             "redelivery first"
         );
+        // Both go again: `sent` lacks its `received`, `running` its outcome.
         let sweep = q.sweep(NOW + 1_000).unwrap();
-        assert_eq!(sweep.redeliver.len(), 1);
-        assert_eq!(sweep.redeliver[0].id, sent);
+        let mut again: Vec<CommandId> = sweep.redeliver.iter().map(|r| r.id).collect();
+        again.sort();
+        let mut expected = vec![sent, running];
+        expected.sort();
+        assert_eq!(again, expected);
         assert!(sweep.changes.is_empty());
+        let record = q.get(&running).unwrap().unwrap();
+        assert_eq!(record.state, CommandState::Received);
+        assert_eq!(
+            record.step_deadline_ms,
+            Some(NOW + 3_000),
+            "asking again does not restart the step timer"
+        );
         let sweep = q.sweep(NOW + 3_000).unwrap();
         assert_eq!(sweep.changes.len(), 1);
+        assert_eq!(sweep.changes[0].id, running);
         assert_eq!(sweep.changes[0].to, CommandState::TimedOut);
+        let again: Vec<CommandId> = sweep.redeliver.iter().map(|r| r.id).collect();
+        assert_eq!(
+            again,
+            [sent],
+            "a timed-out command is not asked about again"
+        );
         let sweep = q.sweep(NOW + 5_000).unwrap();
         assert_eq!(sweep.changes[0].to, CommandState::Expired);
         assert_eq!(sweep.changes[0].id, sent);
+        assert_eq!(q.next_timer_ms().unwrap(), None);
+    }
+
+    #[test]
+    fn each_acknowledgement_of_a_running_command_postpones_the_next_question() {
+        let q = queue();
+        let id = q
+            .enqueue(NewCommand::new("gw", "x").execution_timeout_ms(10_000), NOW)
+            .unwrap()
+            .id;
+        q.take_for_delivery("gw", NOW, 8, Resend::Nothing).unwrap();
+        q.record_ack("gw", &ack(id, CommandAckState::Received), NOW)
+            .unwrap();
+        assert_eq!(q.next_timer_ms().unwrap(), Some(NOW + 1_000));
+        q.record_ack("gw", &ack(id, CommandAckState::InProgress), NOW + 800)
+            .unwrap();
+        assert_eq!(q.next_timer_ms().unwrap(), Some(NOW + 1_800));
+        assert!(q.sweep(NOW + 1_799).unwrap().redeliver.is_empty());
+        assert_eq!(q.sweep(NOW + 1_800).unwrap().redeliver[0].id, id);
+        // Finished: no timer is left.
+        q.record_ack("gw", &ack(id, CommandAckState::Succeeded), NOW + 1_900)
+            .unwrap();
         assert_eq!(q.next_timer_ms().unwrap(), None);
     }
 
