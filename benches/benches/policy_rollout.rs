@@ -64,7 +64,9 @@ fn setup() -> Setup {
         ..Default::default()
     };
     let mut server = PolicyServer::new(store, config).unwrap();
-    server.publish("firewall", document(1), "bench", "v1", None, 0).unwrap();
+    server
+        .publish("firewall", document(1), "bench", "v1", None, 0)
+        .unwrap();
     server
         .assign(
             Assignment {
@@ -82,10 +84,17 @@ fn setup() -> Setup {
     for i in 0..GATEWAYS {
         let id = format!("gw-{i:05}");
         for update in server.connect(&id, "acme", &[], 1).unwrap() {
-            server.handle_status(&id, &applied(&update.name, update.version), 2).unwrap();
+            server
+                .handle_status(&id, &applied(&update.name, update.version), 2)
+                .unwrap();
         }
     }
-    Setup { server, version: 1, now: 10, _dir: dir }
+    Setup {
+        server,
+        version: 1,
+        now: 10,
+        _dir: dir,
+    }
 }
 
 fn applied(name: &str, version: u64) -> PolicyStatus {
@@ -106,7 +115,14 @@ impl Setup {
         self.now += 1;
         let change = self
             .server
-            .publish("firewall", document(self.version), "bench", "next", None, self.now)
+            .publish(
+                "firewall",
+                document(self.version),
+                "bench",
+                "next",
+                None,
+                self.now,
+            )
             .unwrap();
         assert_eq!(change.updates.len(), GATEWAYS);
         change.updates
@@ -116,7 +132,9 @@ impl Setup {
     fn track(&mut self, updates: &[gateway_policy::Outgoing]) -> usize {
         for o in updates {
             let status = applied(&o.update.name, o.update.version);
-            self.server.handle_status(&o.gateway_id, &status, self.now).unwrap();
+            self.server
+                .handle_status(&o.gateway_id, &status, self.now)
+                .unwrap();
         }
         let rollout = self.server.tracker().rollouts().last().unwrap().id;
         self.server.rollout_summary(rollout).unwrap().applied
@@ -227,7 +245,10 @@ impl ServiceSetup {
         self.runtime.block_on(async {
             for o in updates {
                 let status = applied(&o.update.name, o.update.version);
-                self.service.policy_status(&o.gateway_id, status).await.unwrap();
+                self.service
+                    .policy_status(&o.gateway_id, status)
+                    .await
+                    .unwrap();
             }
             self.service.rollout("acme", rollout).await.unwrap().applied
         })
