@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{
     AgentSim, Gateway, Http, Server, assert_exactly_once, eventually, gateway_config,
-    server_config, stored_ids, temp_dir, wait_stored_at_least,
+    gateway_config_with, server_config, stored_ids, temp_dir, wait_stored_at_least,
 };
 
 /// A quiet run: every id agent-sim got acknowledged is stored at the server exactly once, and
@@ -162,4 +162,36 @@ async fn gateway_sigterm_flushes_the_buffer_and_exits_0() {
     gateway.restart().await;
     let status = gateway.status(&http).await;
     assert_eq!(status["buffer"]["records"], 0, "{status}");
+}
+
+/// SIGTERM while the server is away: the flush cannot finish, so the gateway gives up at its
+/// deadline (`shutdown_flush_ms`), still exits 0, and keeps the records for its next start,
+/// which delivers them exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_sigterm_without_a_server_keeps_the_buffer_for_the_next_start() {
+    let dir = temp_dir();
+    let http = Http::new();
+    let mut server = Server::start(dir.path(), &server_config("")).await;
+    let config = gateway_config_with("shutdown_flush_ms = 1500", "");
+    let mut gateway = Gateway::start(dir.path(), &server.url, &config).await;
+    server.kill();
+
+    let sim = AgentSim::start(dir.path(), &gateway.url, 2, 1_000, 1.5, 20.0);
+    let outcome = sim.finish(Duration::from_secs(60)).await;
+    assert!(outcome.status.success(), "agent-sim failed: {outcome:?}");
+    assert!(outcome.acknowledged >= 750, "{outcome:?}");
+
+    let signalled = std::time::Instant::now();
+    gateway.proc.terminate();
+    let exit = gateway.proc.wait_exit(Duration::from_secs(20)).await;
+    let took = signalled.elapsed();
+    assert!(exit.success(), "the gateway exited with {exit}");
+    assert!(
+        took >= Duration::from_millis(1_500) && took < Duration::from_secs(8),
+        "a flush that cannot finish should end at its 1.5 s deadline; the exit took {took:?}"
+    );
+
+    server.restart().await;
+    gateway.restart().await;
+    assert_exactly_once(&http, &server.url, &outcome.ids, Duration::from_secs(30)).await;
 }

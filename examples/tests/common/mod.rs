@@ -206,9 +206,15 @@ heartbeat_interval_ms = 1000
 /// The gateway's configuration: a site-wide agent token, short retry and reconnect delays,
 /// fast status updates. `tables` is appended (TOML tables only).
 pub(crate) fn gateway_config(tables: &str) -> String {
+    gateway_config_with("", tables)
+}
+
+/// [`gateway_config`] with more top-level settings (`top`, `key = value` lines).
+pub(crate) fn gateway_config_with(top: &str, tables: &str) -> String {
     format!(
         r#"tenant = "{TENANT}"
 status_interval_ms = 500
+{top}
 
 [[agent_tokens]]
 token = "{AGENT_TOKEN}"
@@ -759,10 +765,17 @@ pub(crate) fn json_batch(n: usize, source: &str) -> (Vec<u8>, Vec<String>) {
     (batch.encode(Encoding::Json), ids)
 }
 
-/// A temporary directory for one test's data and logs.
+/// A temporary directory for one test's data and the processes' logs. Set
+/// `GATEWAY_E2E_KEEP=1` to keep it (its path is printed) for a look at the logs and databases.
 pub(crate) fn temp_dir() -> tempfile::TempDir {
-    tempfile::Builder::new()
+    let keep = std::env::var_os("GATEWAY_E2E_KEEP").is_some();
+    let dir = tempfile::Builder::new()
         .prefix("gateway-e2e-")
+        .disable_cleanup(keep)
         .tempdir()
-        .expect("creating a temporary directory")
+        .expect("creating a temporary directory");
+    if keep {
+        eprintln!("keeping {}", dir.path().display());
+    }
+    dir
 }
