@@ -9,7 +9,8 @@ mod common;
 use std::time::Duration;
 
 use common::{
-    GATEWAY_ID, Gateway, Http, Server, eventually, gateway_config, server_config, temp_dir,
+    AgentSim, GATEWAY_ID, Gateway, Http, Server, eventually, gateway_config, server_config,
+    temp_dir,
 };
 use gateway_devices::simulator::{Simulator, SimulatorConfig};
 use serde_json::{Value, json};
@@ -39,6 +40,9 @@ password = "{}"
 
 [devices.devices.{DOOR}.settings.events]
 enabled = false
+
+[agents.registry]
+heartbeat_interval_ms = 500
 "#,
         device.base_url(),
         SimulatorConfig::DEFAULT_PASSWORD
@@ -90,6 +94,26 @@ async fn wait_state(
     .await
 }
 
+/// Wait until `GET /v1/gateways` shows the gateway `online` (or not); its entry.
+async fn presence(http: &Http, server_url: &str, online: bool) -> Value {
+    let url = format!("{server_url}/v1/gateways");
+    eventually(
+        &format!("{GATEWAY_ID} online = {online} in GET /v1/gateways"),
+        Duration::from_secs(10),
+        || async {
+            let list = http.admin_get(&url).await;
+            let entry = list["gateways"]
+                .as_array()?
+                .iter()
+                .find(|g| g["gateway_id"] == GATEWAY_ID)?
+                .clone();
+            let status_ok = !online || entry["last_status"].is_object();
+            (entry["online"] == online && status_ok).then_some(entry)
+        },
+    )
+    .await
+}
+
 const TERMINAL: &[&str] = &[
     "succeeded",
     "failed",
@@ -110,6 +134,8 @@ async fn a_command_issued_while_the_gateway_is_down_runs_once_when_it_returns() 
     let mut gateway = Gateway::start(dir.path(), &server.url, &gateway_toml(&device)).await;
     gateway.wait_connected(&http).await;
     gateway.kill();
+    // The server notices at once (the connection closed) and shows it offline.
+    presence(&http, &server.url, false).await;
 
     let id = open_door(&http, &server.url).await;
     let view = command(&http, &server.url, &id).await;
@@ -119,6 +145,11 @@ async fn a_command_issued_while_the_gateway_is_down_runs_once_when_it_returns() 
     gateway.restart().await;
     let view = wait_state(&http, &server.url, &id, TERMINAL, Duration::from_secs(30)).await;
     assert_eq!(view["command"]["state"], "succeeded", "{view}");
+    let back = presence(&http, &server.url, true).await;
+    assert!(
+        back["last_status"]["buffer_pressure"].is_string(),
+        "no status snapshot from the gateway's heartbeats: {back}"
+    );
     assert_eq!(door_opens(&device), 1, "requests: {:?}", device.requests());
     let acks: Vec<&str> = view["acks"]
         .as_array()
@@ -206,4 +237,61 @@ async fn a_redelivered_command_is_not_run_twice_even_across_a_sigkill_after_it_r
         "command ended {state} after {} deliveries; acks: {}",
         view["command"]["attempts"], view["acks"]
     );
+}
+
+/// The gateway's other command kinds: `flush` runs on the uplink, `agent.*` goes to the agent
+/// in its next heartbeat answer and succeeds when the agent acknowledges it, and a kind it
+/// does not know is rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flush_agent_and_unknown_commands() {
+    let dir = temp_dir();
+    let http = Http::new();
+    let device = Simulator::start(SimulatorConfig::default())
+        .await
+        .expect("starting the simulator");
+    let server = Server::start(dir.path(), &server_toml()).await;
+    let gateway = Gateway::start(dir.path(), &server.url, &gateway_toml(&device)).await;
+    gateway.wait_connected(&http).await;
+    let sim = AgentSim::start(dir.path(), &gateway.url, 1, 20, 4.0, 10.0);
+
+    let issue = |kind: &'static str, target: Option<&'static str>| {
+        let http = http.clone();
+        let url = format!("{}/v1/gateways/{GATEWAY_ID}/commands", server.url);
+        async move {
+            let (status, command) = http
+                .admin_post(&url, &json!({"kind": kind, "target": target}))
+                .await;
+            assert_eq!(status, 201, "issuing {kind}: {command}");
+            command["id"].as_str().expect("a command id").to_string()
+        }
+    };
+    let flush = issue("flush", None).await;
+    let unknown = issue("self.destruct", None).await;
+    // agent-sim registers its agent before it starts posting; wait until the gateway knows it.
+    eventually(
+        "the simulated agent to register",
+        Duration::from_secs(20),
+        || async {
+            let status = gateway.status(&http).await;
+            let agents = status["agents"].as_array()?.clone();
+            agents
+                .iter()
+                .any(|a| a["agent_id"] == "sim-agent-0")
+                .then_some(())
+        },
+    )
+    .await;
+    let restart = issue("agent.restart", Some("sim-agent-0")).await;
+
+    for (id, expected) in [
+        (&flush, "succeeded"),
+        (&unknown, "rejected"),
+        (&restart, "succeeded"),
+    ] {
+        let view = wait_state(&http, &server.url, id, TERMINAL, Duration::from_secs(20)).await;
+        assert_eq!(view["command"]["state"], expected, "{view}");
+    }
+    let outcome = sim.finish(Duration::from_secs(30)).await;
+    assert!(outcome.status.success(), "{outcome:?}");
+    assert_eq!(door_opens(&device), 0, "no command here touches the door");
 }

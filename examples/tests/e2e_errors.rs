@@ -185,14 +185,47 @@ async fn post_one(http: &Http, url: &str, token: &str) -> String {
     ids.into_iter().next().expect("one id")
 }
 
+/// `/healthz` and `/readyz` answer 200, and `/metrics` counted the refusals by code.
 async fn assert_healthy(http: &Http, base: &str) {
-    let response = http
+    for path in ["/healthz", "/readyz"] {
+        let response = http
+            .client
+            .get(format!("{base}{path}"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{base}{path}: {e}"));
+        assert_eq!(response.status().as_u16(), 200, "{base}{path}");
+    }
+    let metrics = http
         .client
-        .get(format!("{base}/healthz"))
+        .get(format!("{base}/metrics"))
         .send()
         .await
-        .unwrap_or_else(|e| panic!("{base}/healthz: {e}"));
-    assert_eq!(response.status().as_u16(), 200, "{base}/healthz");
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("reading /metrics");
+    let count = |code: &str| -> f64 {
+        let series = format!("gateway_ingest_requests_total{{code=\"{code}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0)
+    };
+    for (code, at_least) in [
+        ("unauthorized", 1.0),
+        ("forbidden", 2.0),
+        ("malformed_body", 1.0),
+        ("unsupported_media_type", 1.0),
+        ("payload_too_large", 2.0),
+    ] {
+        assert!(
+            count(code) >= at_least,
+            "{base}/metrics counts {} `{code}` refusals, expected at least {at_least}",
+            count(code)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
