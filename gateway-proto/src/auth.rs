@@ -70,6 +70,18 @@ pub trait Authenticator: Send + Sync + 'static {
     fn authenticate(&self, token: &str) -> Option<Principal>;
 }
 
+/// Which tenant each gateway id belongs to — the server's list of provisioned gateways.
+///
+/// Gateway ids are unique across the whole server: two tenants cannot both have a gateway
+/// `gw-1`. Every operator action that names a gateway (issuing a command, assigning a policy,
+/// setting groups) checks the gateway's tenant here first, so an operator can never reach
+/// another tenant's gateway, and a gateway id nobody provisioned is refused.
+pub trait GatewayDirectory: Send + Sync + 'static {
+    /// The tenant of gateway `gateway_id`; `None` when no such gateway is provisioned (or the
+    /// id is ambiguous).
+    fn tenant_of(&self, gateway_id: &str) -> Option<String>;
+}
+
 /// A fixed table of tokens, for configuration files and tests.
 ///
 /// ```
@@ -79,9 +91,14 @@ pub trait Authenticator: Send + Sync + 'static {
 /// assert_eq!(tokens.authenticate("s3cret").unwrap().subject, "gw-1");
 /// assert!(tokens.authenticate("guess").is_none());
 /// ```
+///
+/// It is also a [`GatewayDirectory`]: every `gateway` principal in the table is a provisioned
+/// gateway of its tenant. A gateway id given to two tenants is ambiguous and belongs to none
+/// ([`StaticTokens::ambiguous_gateways`] lists them, so a configuration loader can refuse them).
 #[derive(Debug, Clone, Default)]
 pub struct StaticTokens {
     tokens: HashMap<String, Principal>,
+    gateways: HashMap<String, Vec<String>>,
 }
 
 impl StaticTokens {
@@ -98,7 +115,53 @@ impl StaticTokens {
 
     /// Add or replace a token.
     pub fn insert(&mut self, token: impl Into<String>, principal: Principal) {
-        self.tokens.insert(token.into(), principal);
+        if principal.role == Role::Gateway {
+            let tenants = self.gateways.entry(principal.subject.clone()).or_default();
+            if !tenants.contains(&principal.tenant) {
+                tenants.push(principal.tenant.clone());
+            }
+        }
+        if let Some(old) = self.tokens.insert(token.into(), principal) {
+            self.forget_gateway(&old);
+        }
+    }
+
+    /// Gateway ids that more than one tenant has a token for.
+    pub fn ambiguous_gateways(&self) -> Vec<String> {
+        let mut ids: Vec<String> = self
+            .gateways
+            .iter()
+            .filter(|(_, tenants)| tenants.len() > 1)
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    /// After a token was replaced: drop the old principal's gateway entry unless another token
+    /// still names that gateway in that tenant.
+    fn forget_gateway(&mut self, old: &Principal) {
+        if old.role != Role::Gateway {
+            return;
+        }
+        let still_named = self.tokens.values().any(|p| {
+            p.role == Role::Gateway && p.subject == old.subject && p.tenant == old.tenant
+        });
+        if !still_named && let Some(tenants) = self.gateways.get_mut(&old.subject) {
+            tenants.retain(|t| t != &old.tenant);
+            if tenants.is_empty() {
+                self.gateways.remove(&old.subject);
+            }
+        }
+    }
+}
+
+impl GatewayDirectory for StaticTokens {
+    fn tenant_of(&self, gateway_id: &str) -> Option<String> {
+        match self.gateways.get(gateway_id).map(Vec::as_slice) {
+            Some([tenant]) => Some(tenant.clone()),
+            _ => None,
+        }
     }
 }
 
@@ -142,6 +205,28 @@ mod tests {
         assert_eq!(bearer_token("Bearer "), None);
         assert_eq!(bearer_token("Bearer"), None);
         assert_eq!(bearer_token(""), None);
+    }
+
+    #[test]
+    fn static_tokens_are_a_gateway_directory() {
+        let mut tokens = StaticTokens::new()
+            .with("a", Principal::new("acme", "gw-1", Role::Gateway))
+            .with("b", Principal::new("acme", "gw-1", Role::Gateway))
+            .with("c", Principal::new("globex", "gw-2", Role::Gateway))
+            .with("d", Principal::new("acme", "ops", Role::Admin));
+        assert_eq!(tokens.tenant_of("gw-1").as_deref(), Some("acme"));
+        assert_eq!(tokens.tenant_of("gw-2").as_deref(), Some("globex"));
+        assert_eq!(tokens.tenant_of("ops"), None, "admins are not gateways");
+        assert_eq!(tokens.tenant_of("gw-3"), None);
+        assert!(tokens.ambiguous_gateways().is_empty());
+
+        tokens.insert("e", Principal::new("globex", "gw-1", Role::Gateway));
+        assert_eq!(tokens.tenant_of("gw-1"), None, "an id of two tenants belongs to none");
+        assert_eq!(tokens.ambiguous_gateways(), vec!["gw-1".to_string()]);
+
+        // Replacing the token removes the second tenant again.
+        tokens.insert("e", Principal::new("globex", "agent-9", Role::Agent));
+        assert_eq!(tokens.tenant_of("gw-1").as_deref(), Some("acme"));
     }
 
     #[test]
