@@ -229,7 +229,7 @@ impl Agent {
                     "logs",
                     self.id.clone(),
                     unix_ms(std::time::SystemTime::now()),
-                    Body::Json(json!({
+                    Body::from(json!({
                         "seq": i,
                         "level": if i % 10 == 0 { "warn" } else { "info" },
                         "msg": "simulated agent activity: user session refreshed",

@@ -22,14 +22,30 @@ pub struct TokenConfig {
     pub subject: String,
 }
 
-/// Build the authenticator from a token list; `default_tenant` fills in missing tenants.
-pub fn authenticator(tokens: &[TokenConfig], default_tenant: &str) -> Arc<dyn Authenticator> {
+/// Build the token table from a token list; `default_tenant` fills in missing tenants. A
+/// gateway id given to two tenants is refused: gateway ids are unique across a server.
+pub fn tokens(tokens: &[TokenConfig], default_tenant: &str) -> anyhow::Result<StaticTokens> {
     let mut table = StaticTokens::new();
     for t in tokens {
         let tenant = t.tenant.as_deref().unwrap_or(default_tenant);
         table.insert(t.token.clone(), Principal::new(tenant, &t.subject, t.role));
     }
-    Arc::new(table)
+    let ambiguous = table.ambiguous_gateways();
+    if !ambiguous.is_empty() {
+        anyhow::bail!(
+            "gateway id(s) {} have tokens in more than one tenant; a gateway id belongs to one tenant",
+            ambiguous.join(", ")
+        );
+    }
+    Ok(table)
+}
+
+/// [`tokens`] as an authenticator.
+pub fn authenticator(
+    list: &[TokenConfig],
+    default_tenant: &str,
+) -> anyhow::Result<Arc<dyn Authenticator>> {
+    Ok(Arc::new(tokens(list, default_tenant)?))
 }
 
 /// Parse `ID=TOKEN` (the `--gateway-token` flag).
@@ -89,7 +105,7 @@ mod tests {
         assert_eq!(config.hub.session.heartbeat_interval_ms, 15_000);
         config.hub.validate().unwrap();
         config.receiver.validate().unwrap();
-        let auth = authenticator(&config.tokens, &config.tenant);
+        let auth = authenticator(&config.tokens, &config.tenant).unwrap();
         let gateway = auth.authenticate("CHANGE-ME-lisbon-gateway-token").unwrap();
         assert_eq!(
             (gateway.tenant.as_str(), gateway.subject.as_str()),
@@ -128,6 +144,27 @@ mod tests {
         );
         let err = parse::<ServerConfig>("tenantt = \"x\"\n").unwrap_err();
         assert!(err.to_string().contains("tenantt"), "{err}");
+    }
+
+    #[test]
+    fn a_gateway_id_in_two_tenants_is_refused() {
+        let list = [
+            TokenConfig {
+                token: "a".into(),
+                tenant: Some("acme".into()),
+                role: Role::Gateway,
+                subject: "gw-1".into(),
+            },
+            TokenConfig {
+                token: "b".into(),
+                tenant: Some("globex".into()),
+                role: Role::Gateway,
+                subject: "gw-1".into(),
+            },
+        ];
+        let err = tokens(&list, "default").expect_err("refused");
+        assert!(err.to_string().contains("gw-1"), "{err}");
+        assert!(tokens(&list[..1], "default").is_ok());
     }
 
     #[test]

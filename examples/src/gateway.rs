@@ -37,7 +37,7 @@ use gateway_proto::{
     StatusSnapshot, UplinkHealth,
 };
 use gateway_uplink::server::{BufferSink, BufferSinkConfig, Receiver, ReceiverConfig};
-use gateway_uplink::{Uplink, UplinkConfig};
+use gateway_uplink::{FlushOutcome, Uplink, UplinkConfig};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -140,6 +140,7 @@ pub struct Gateway {
     shutdown: watch::Sender<bool>,
     serve: JoinHandle<std::io::Result<()>>,
     background: Vec<JoinHandle<()>>,
+    _data_dir_lock: std::fs::File,
 }
 
 /// The pieces the tasks and handlers share.
@@ -221,10 +222,9 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<Gateway> {
         data_dir,
         config,
     } = options;
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    let data_dir_lock = crate::lock_data_dir(&data_dir)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let agent_auth = config::authenticator(&config.agent_tokens, &config.tenant);
+    let agent_auth = config::authenticator(&config.agent_tokens, &config.tenant)?;
 
     let buffer = Buffer::open(data_dir.join("buffer.db"), config.buffer.clone())
         .await
@@ -366,6 +366,7 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<Gateway> {
         shutdown,
         serve,
         background,
+        _data_dir_lock: data_dir_lock,
     })
 }
 
@@ -455,8 +456,15 @@ async fn run_command(parts: &Parts, command: Command) -> Option<Outcome> {
             let deadline = tokio::time::Instant::now()
                 + Duration::from_millis(command.execution_timeout_ms.unwrap_or(30_000));
             Some(match parts.uplink.flush(deadline).await {
-                Ok(outcome) => Outcome::succeeded()
-                    .with_result(serde_json::json!({ "outcome": format!("{outcome:?}") })),
+                Ok(FlushOutcome::Flushed) => {
+                    Outcome::succeeded().with_result(serde_json::json!({ "outcome": "flushed" }))
+                }
+                Ok(FlushOutcome::DeadlineReached { queued }) => Outcome::failed(format!(
+                    "{queued} records still queued when the deadline passed"
+                ))
+                .with_result(
+                    serde_json::json!({ "outcome": "deadline_reached", "queued": queued }),
+                ),
                 Err(e) => Outcome::failed(e.to_string()),
             })
         }

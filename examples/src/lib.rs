@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 pub mod agent_sim;
+pub mod audit;
 pub mod config;
 pub mod gateway;
 mod policy_bridge;
@@ -67,4 +68,31 @@ pub fn with_error_fallbacks(router: axum::Router) -> axum::Router {
         .fallback(|uri: axum::http::Uri| async move {
             answer(ErrorCode::NotFound, format!("no route for {}", uri.path()))
         })
+}
+
+/// Create `dir` if needed and take an exclusive lock on `dir/LOCK` for the life of the
+/// returned file, so two processes never run on the same data (a record store written by two
+/// processes would keep two copies of a record; a buffer, two owners).
+pub fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    use anyhow::Context;
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the data directory {}", dir.display()))?;
+    let path = dir.join("LOCK");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another process is using the data directory {} (it holds {})",
+            dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
 }

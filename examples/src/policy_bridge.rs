@@ -11,13 +11,17 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use gateway_control::server::{EventLog, Hub, HubEvent};
-use gateway_policy::{PolicyServer, PolicyServerConfig, PolicyService, SqlitePolicyStore};
+use gateway_policy::{
+    AuditEvent, PolicyEvent, PolicyServer, PolicyServerConfig, PolicyService, SqlitePolicyStore,
+};
 use gateway_proto::auth::Authenticator;
 use gateway_proto::clock::Clock;
 use gateway_proto::{ControlFrame, PolicyUpdate};
 use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
+
+use crate::audit::{AuditEntry, AuditLog};
 
 /// What the bridge needs.
 pub(crate) struct PolicyWiring {
@@ -27,10 +31,13 @@ pub(crate) struct PolicyWiring {
     pub(crate) events: EventLog,
     pub(crate) auth: Arc<dyn Authenticator>,
     pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) audit: AuditLog,
 }
 
 /// What the server mounts and keeps running.
 pub(crate) struct PolicyParts {
+    /// The service, for the `policy.apply` command.
+    pub(crate) service: PolicyService,
     /// The operator API for policies.
     pub(crate) router: axum::Router,
     /// The task forwarding hub events.
@@ -45,6 +52,7 @@ pub(crate) async fn start(wiring: PolicyWiring) -> anyhow::Result<PolicyParts> {
         events,
         auth,
         clock,
+        audit,
     } = wiring;
     // Opening and loading SQLite blocks: keep it off the async workers.
     let server = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
@@ -59,8 +67,24 @@ pub(crate) async fn start(wiring: PolicyWiring) -> anyhow::Result<PolicyParts> {
         // Not connected: dropped; the service resends on the gateway's next hello.
         let _ = sender.send_frame(gateway_id, ControlFrame::PolicyUpdate(update));
     })
-    .clock(clock)
+    .clock(clock.clone())
     .events(move |kind: &str, tenant: &str, data: Value| {
+        if kind == PolicyEvent::AUDIT {
+            // Operator actions also go to the permanent audit log (the event stream prunes).
+            if let Ok(event) = serde_json::from_value::<AuditEvent>(data.clone()) {
+                let entry = AuditEntry {
+                    actor: event.actor,
+                    tenant: event.tenant,
+                    action: event.action,
+                    target: event.target,
+                    result: event.result,
+                    detail: event.detail,
+                };
+                if let Err(e) = audit.record_blocking(clock.now_ms(), &entry) {
+                    tracing::error!(error = %e, "could not write a policy audit entry");
+                }
+            }
+        }
         // Events of a policy no tenant owns yet carry an empty tenant: every operator sees them.
         let tenant = (!tenant.is_empty()).then_some(tenant);
         events.publish(kind, tenant, data);
@@ -70,8 +94,9 @@ pub(crate) async fn start(wiring: PolicyWiring) -> anyhow::Result<PolicyParts> {
     .context("starting the policy service")?;
 
     let router = service.operator_router(auth);
-    let forward = tokio::spawn(forward_hub_events(hub, service));
+    let forward = tokio::spawn(forward_hub_events(hub, service.clone()));
     Ok(PolicyParts {
+        service,
         router,
         tasks: vec![forward],
     })

@@ -23,7 +23,8 @@ use axum::routing::get;
 use gateway_control::server::{
     EventLog, EventLogConfig, Hub, HubConfig, QueueConfig, SqliteCommandQueue, event_routes,
 };
-use gateway_proto::auth::{Authenticator, Role, bearer_token};
+use gateway_policy::{PolicyService, PolicySigner};
+use gateway_proto::auth::{Authenticator, Principal, Role, bearer_token};
 use gateway_proto::clock::{Clock, SystemClock};
 use gateway_proto::{ErrorBody, ErrorCode};
 use gateway_uplink::server::{Receiver, ReceiverConfig, SqliteRecordStore, SqliteStoreConfig};
@@ -32,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::audit::{AuditEntry, AuditLog};
 use crate::config::{self, TokenConfig};
 use crate::policy_bridge::{self, PolicyWiring};
 use crate::telemetry;
@@ -96,6 +98,7 @@ pub struct Server {
     serve: JoinHandle<std::io::Result<()>>,
     background: Vec<JoinHandle<()>>,
     grace: Duration,
+    _data_dir_lock: std::fs::File,
 }
 
 impl Server {
@@ -146,9 +149,12 @@ impl Server {
 
 #[derive(Clone)]
 struct AppState {
-    events: EventLog,
     auth: Arc<dyn Authenticator>,
     ready: Arc<AtomicBool>,
+    audit: AuditLog,
+    clock: Arc<dyn Clock>,
+    policies: PolicyService,
+    signer: Option<Arc<PolicySigner>>,
 }
 
 /// Open the stores, build the routes, bind and start serving.
@@ -158,10 +164,18 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
         data_dir,
         config,
     } = options;
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("creating the data directory {}", data_dir.display()))?;
+    let data_dir_lock = crate::lock_data_dir(&data_dir)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let auth = config::authenticator(&config.tokens, &config.tenant);
+    let auth = config::authenticator(&config.tokens, &config.tenant)?;
+    let audit = AuditLog::open(&data_dir.join("audit.db"))?;
+    let signer = config
+        .policy
+        .signing_key
+        .as_deref()
+        .map(PolicySigner::from_hex)
+        .transpose()
+        .context("policy.signing_key")?
+        .map(Arc::new);
 
     let store = SqliteRecordStore::open(data_dir.join("records.db"), config.store.clone())
         .context("opening the record store")?;
@@ -197,6 +211,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
         events: events.clone(),
         auth: auth.clone(),
         clock: clock.clone(),
+        audit: audit.clone(),
     })
     .await
     .context("starting the policy service")?;
@@ -204,14 +219,22 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
 
     let ready = Arc::new(AtomicBool::new(false));
     let state = AppState {
-        events: events.clone(),
         auth: auth.clone(),
         ready: ready.clone(),
+        audit,
+        clock: clock.clone(),
+        policies: policy.service.clone(),
+        signer,
     };
     // Policy actions are audited by the policy service itself (with failures too); command
-    // actions by the audit layer, with the same entry shape.
+    // actions by the audit layer, with the same entry shape. `policy.apply` commands carry a
+    // version from the policy store, never an operator-made document.
     let operator = hub
         .operator_router()
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            policy_apply_from_store,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), audit_layer))
         .merge(policy.router);
     let own = Router::new()
@@ -250,6 +273,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
         serve,
         background,
         grace: Duration::from_millis(config.shutdown_grace_ms),
+        _data_dir_lock: data_dir_lock,
     })
 }
 
@@ -269,12 +293,12 @@ fn error_response(code: ErrorCode, message: impl Into<String>) -> Response {
 
 // ------------------------------------------------------------------ audit
 
-/// Largest response body the audit layer copies into an audit entry.
-const AUDIT_BODY_LIMIT: usize = 64 * 1024;
+/// Largest answer copied whole into an audit entry; a larger one is summarised.
+const AUDIT_DETAIL_LIMIT: usize = 16 * 1024;
 
 /// Every successful state-changing request (POST, PUT, PATCH, DELETE by an admin) to the
-/// routes it wraps is written to the event log as an `audit` event: who, what, and what came
-/// back — the shape of `gateway_policy::AuditEvent`.
+/// routes it wraps goes to the audit log: who, what, and what came back (the answer itself up
+/// to 16 KiB). The answer reaches the operator unchanged whatever happens here.
 async fn audit_layer(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let mutating = matches!(
         *request.method(),
@@ -290,32 +314,36 @@ async fn audit_layer(State(state): State<AppState>, request: Request, next: Next
         return response;
     }
     let (parts, body) = response.into_parts();
-    let bytes = match to_bytes(body, AUDIT_BODY_LIMIT).await {
+    // Operator answers are bounded by the request limits; read the whole answer so it can be
+    // passed on unchanged.
+    let bytes = match to_bytes(body, usize::MAX).await {
         Ok(bytes) => bytes,
-        Err(_) => {
-            return error_response(ErrorCode::Internal, "the answer was too large to audit");
+        Err(e) => {
+            tracing::error!(error = %e, "could not read an answer to audit it");
+            return Response::from_parts(parts, Body::empty());
         }
     };
-    let result: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-    state.events.publish(
-        "audit",
-        Some(&actor.tenant),
-        serde_json::json!({
-            "actor": actor.subject,
-            "tenant": actor.tenant,
-            "action": format!("{method} {path}"),
-            "target": path,
-            "result": "ok",
-            "detail": result,
-        }),
-    );
+    let detail = if bytes.len() <= AUDIT_DETAIL_LIMIT {
+        serde_json::from_slice(&bytes).unwrap_or_default()
+    } else {
+        let id = serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v.get("id").cloned());
+        serde_json::json!({"id": id, "answer_bytes": bytes.len()})
+    };
+    let entry = AuditEntry {
+        actor: actor.subject,
+        tenant: actor.tenant,
+        action: format!("{method} {path}"),
+        target: serde_json::Value::String(path),
+        result: "ok".into(),
+        detail,
+    };
+    state.audit.record(state.clock.now_ms(), entry).await;
     Response::from_parts(parts, Body::from(bytes))
 }
 
-fn principal_of(
-    headers: &HeaderMap,
-    auth: &dyn Authenticator,
-) -> Option<gateway_proto::auth::Principal> {
+fn principal_of(headers: &HeaderMap, auth: &dyn Authenticator) -> Option<Principal> {
     let value = headers
         .get(axum::http::header::AUTHORIZATION)?
         .to_str()
@@ -326,14 +354,14 @@ fn principal_of(
 #[derive(Debug, Deserialize)]
 struct AuditQuery {
     #[serde(default)]
-    after: u64,
+    after: i64,
     limit: Option<usize>,
 }
 
 /// `GET /v1/audit?after=&limit=`: the audit entries of the caller's tenant (admins only).
 async fn audit_log(
     State(state): State<AppState>,
-    Query(query): Query<AuditQuery>,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
     headers: HeaderMap,
 ) -> Response {
     let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
@@ -350,16 +378,96 @@ async fn audit_log(
     let Some(principal) = principal.filter(|p| p.role == Role::Admin) else {
         return error_response(ErrorCode::Forbidden, "the audit log is for operators");
     };
+    let Query(query) = match query {
+        Ok(query) => query,
+        Err(e) => return error_response(ErrorCode::InvalidRequest, e.body_text()),
+    };
     let limit = query.limit.unwrap_or(100).clamp(1, 1000);
-    let entries: Vec<_> = state
-        .events
-        .since(query.after, usize::MAX)
-        .into_iter()
-        .filter(|e| e.kind == "audit" && e.tenant.as_deref() == Some(principal.tenant.as_str()))
-        .take(limit)
-        .map(|e| serde_json::json!({"id": e.id, "at_ms": e.at_ms, "entry": e.data}))
-        .collect();
-    axum::Json(serde_json::json!({ "entries": entries })).into_response()
+    let audit = state.audit.clone();
+    let entries = tokio::task::spawn_blocking(move || {
+        audit.list_blocking(&principal.tenant, query.after, limit)
+    })
+    .await;
+    match entries {
+        Ok(Ok(entries)) => axum::Json(serde_json::json!({ "entries": entries })).into_response(),
+        Ok(Err(e)) => error_response(ErrorCode::Internal, format!("reading the audit log: {e:#}")),
+        Err(e) => error_response(ErrorCode::Internal, format!("reading the audit log: {e}")),
+    }
+}
+
+// ------------------------------------------------------------------ policy.apply
+
+/// Largest command request the `policy.apply` check reads.
+const COMMAND_BODY_LIMIT: usize = 2 * 1024 * 1024;
+
+/// `POST /v1/gateways/{id}/commands` with kind `policy.apply` names a stored policy version
+/// (`{"name": "agents", "version": 3}`, the latest without `version`); the server replaces the
+/// payload with that version's full, signed `policy_update`, so a gateway only ever applies
+/// what the policy store holds for the operator's tenant. Other `policy.*` kinds are refused.
+async fn policy_apply_from_store(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let is_enqueue = request.method() == Method::POST
+        && request.uri().path().starts_with("/v1/gateways/")
+        && request.uri().path().ends_with("/commands");
+    if !is_enqueue {
+        return next.run(request).await;
+    }
+    let Some(principal) = principal_of(request.headers(), state.auth.as_ref()) else {
+        // The command route answers 401/403 itself.
+        return next.run(request).await;
+    };
+    let (mut parts, body) = request.into_parts();
+    let Ok(bytes) = to_bytes(body, COMMAND_BODY_LIMIT).await else {
+        return error_response(
+            ErrorCode::PayloadTooLarge,
+            format!("a command request is at most {COMMAND_BODY_LIMIT} bytes"),
+        );
+    };
+    let mut command: serde_json::Value = match serde_json::from_slice(&bytes) {
+        Ok(value) => value,
+        // Not JSON: the command route gives the documented answer.
+        Err(_) => {
+            return next
+                .run(Request::from_parts(parts, Body::from(bytes)))
+                .await;
+        }
+    };
+    let kind = command["kind"].as_str().unwrap_or_default().to_string();
+    if !kind.starts_with("policy.") {
+        return next
+            .run(Request::from_parts(parts, Body::from(bytes)))
+            .await;
+    }
+    if kind != "policy.apply" {
+        return error_response(
+            ErrorCode::InvalidRequest,
+            format!("unknown policy command {kind:?}: the only one is policy.apply"),
+        );
+    }
+    let Some(name) = command["payload"]["name"].as_str().map(str::to_owned) else {
+        return error_response(
+            ErrorCode::InvalidRequest,
+            "policy.apply takes {\"name\": <policy>, \"version\": <optional version>}",
+        );
+    };
+    let version = command["payload"]["version"].as_u64();
+    let policy = match state
+        .policies
+        .policy(&principal.tenant, &name, version)
+        .await
+    {
+        Ok(policy) => policy,
+        Err(e) => return error_response(e.code(), e.to_string()),
+    };
+    let update = policy.full_update(state.signer.as_deref());
+    command["payload"] = serde_json::to_value(&update).unwrap_or_default();
+    let bytes = serde_json::to_vec(&command).unwrap_or_default();
+    parts.headers.remove(axum::http::header::CONTENT_LENGTH);
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
 }
 
 // ------------------------------------------------------------------ a server in its own runtime
