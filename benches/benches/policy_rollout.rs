@@ -71,6 +71,7 @@ fn setup() -> Setup {
         .assign(
             Assignment {
                 policy: "firewall".into(),
+                tenant: "acme".into(),
                 target: Target::Tenant("acme".into()),
                 version: None,
                 assigned_at: 0,

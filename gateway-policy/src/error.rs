@@ -96,9 +96,10 @@ pub enum Error {
         name: String,
     },
 
-    /// No gateway with this id is known in the caller's tenant.
+    /// No gateway with this id belongs to the caller's tenant (the same answer whether it does
+    /// not exist or belongs to another tenant).
     #[error(
-        "gateway {gateway_id:?} is not known in this tenant (it registers when it first connects, or through PUT /v1/gateways/{{id}}/groups)"
+        "gateway {gateway_id:?} is not a gateway of this tenant (it must be provisioned in the tenant, or, on a server without a gateway directory, have connected in it)"
     )]
     UnknownGateway {
         /// The gateway id.
@@ -122,6 +123,21 @@ pub enum Error {
     #[error("rollout {0} already completed; there is nothing left to abort")]
     RolloutFinished(u64),
 
+    /// A policy document is too large to reach a gateway: the `policy_update` frame carrying it
+    /// would exceed the largest frame gateways accept
+    /// ([`PolicyServerConfig::max_update_frame_bytes`](crate::PolicyServerConfig::max_update_frame_bytes)).
+    #[error(
+        "policy {name:?} is too large to send: its policy_update frame would be {frame_bytes} bytes, over the {limit}-byte limit of a control frame; make the document smaller or split it into several policies"
+    )]
+    PolicyTooLarge {
+        /// The policy name.
+        name: String,
+        /// The encoded size of the frame that would carry the full document.
+        frame_bytes: usize,
+        /// The limit it exceeds.
+        limit: usize,
+    },
+
     /// The policy service cannot run the call: no tokio runtime, or the runtime is shutting down.
     #[error("policy service unavailable: {0}")]
     Unavailable(String),
@@ -136,8 +152,8 @@ impl Error {
     /// The stable error code an API answers this error with (its HTTP status is
     /// [`ErrorCode::http_status`](gateway_proto::ErrorCode::http_status)): `invalid_request`
     /// for bad arguments, `not_found` for unknown policies, versions, rollouts, gateways and
-    /// assignments, `conflict` for a taken name or a finished rollout, `forbidden`, `unavailable`,
-    /// and `internal` for storage failures and damaged data.
+    /// assignments, `conflict` for a taken name or a finished rollout, `payload_too_large` for a
+    /// document too large to send, `forbidden`, `unavailable`, and `internal` for storage failures and damaged data.
     pub fn code(&self) -> gateway_proto::ErrorCode {
         use gateway_proto::ErrorCode;
         match self {
@@ -152,6 +168,7 @@ impl Error {
             | Error::UnknownAssignment { .. } => ErrorCode::NotFound,
             Error::NameTaken { .. } | Error::RolloutFinished(_) => ErrorCode::Conflict,
             Error::Forbidden(_) => ErrorCode::Forbidden,
+            Error::PolicyTooLarge { .. } => ErrorCode::PayloadTooLarge,
             Error::Unavailable(_) => ErrorCode::Unavailable,
             Error::ChecksumMismatch { .. }
             | Error::BadSignature(_)
@@ -197,6 +214,14 @@ mod tests {
             (Error::NameTaken { name: "fw".into() }, ErrorCode::Conflict),
             (Error::RolloutFinished(3), ErrorCode::Conflict),
             (Error::Forbidden("no".into()), ErrorCode::Forbidden),
+            (
+                Error::PolicyTooLarge {
+                    name: "fw".into(),
+                    frame_bytes: 2,
+                    limit: 1,
+                },
+                ErrorCode::PayloadTooLarge,
+            ),
             (
                 Error::Unavailable("stopping".into()),
                 ErrorCode::Unavailable,

@@ -136,6 +136,7 @@
 //! server.assign(
 //!     Assignment {
 //!         policy: "firewall".into(),
+//!         tenant: "acme".into(),
 //!         target: Target::Tenant("acme".into()),
 //!         version: None, // follow the latest version
 //!         assigned_at: 0,
@@ -223,6 +224,7 @@ pub use server::{
     RolloutId, RolloutRecord, RolloutState, RolloutSummary, RolloutTracker, RolloutView,
     SqlitePolicyStore, StagedRollout, StateCounts, StatusEffect, Target, TargetState, TargetStatus,
     TargetView, UnassignResult, UpdatePlanner, UpdateSink, VersionOutcome, build_update,
+    update_frame_len,
 };
 pub use signing::{PolicySigner, PolicyVerifier};
 

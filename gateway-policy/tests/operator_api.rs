@@ -43,13 +43,30 @@ impl Answer {
     }
 }
 
+/// The service, with the tokens as both the authenticator and the gateway directory: gateways
+/// `gw-1`, `gw-2`, `gw-new` of acme and `gx-1` of globex are provisioned.
 async fn start() -> Api {
-    let fleet = Fleet::start(Arc::new(ManualClock::new(1_700_000_000_000))).await;
-    let tokens = StaticTokens::new()
-        .with(ACME, Principal::new("acme", "ann", Role::Admin))
-        .with(GLOBEX, Principal::new("globex", "gus", Role::Admin))
-        .with(GATEWAY, Principal::new("acme", "gw-1", Role::Gateway));
-    let app = fleet.service.operator_router(Arc::new(tokens));
+    let tokens = Arc::new(
+        StaticTokens::new()
+            .with(ACME, Principal::new("acme", "ann", Role::Admin))
+            .with(GLOBEX, Principal::new("globex", "gus", Role::Admin))
+            .with(GATEWAY, Principal::new("acme", "gw-1", Role::Gateway))
+            .with("gw-2-token", Principal::new("acme", "gw-2", Role::Gateway))
+            .with(
+                "gw-new-token",
+                Principal::new("acme", "gw-new", Role::Gateway),
+            )
+            .with(
+                "gx-1-token",
+                Principal::new("globex", "gx-1", Role::Gateway),
+            ),
+    );
+    let fleet = Fleet::start_with_directory(
+        Arc::new(ManualClock::new(1_700_000_000_000)),
+        tokens.clone(),
+    )
+    .await;
+    let app = fleet.service.operator_router(tokens);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
     let server = tokio::spawn(async move {

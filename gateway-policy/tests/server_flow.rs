@@ -116,6 +116,7 @@ impl Fleet {
 fn tenant_assignment(now: i64) -> Assignment {
     Assignment {
         policy: "fw".into(),
+        tenant: "acme".into(),
         target: Target::Tenant("acme".into()),
         version: None,
         assigned_at: now,

@@ -1,4 +1,7 @@
 //! Which policy applies to which gateways.
+//!
+//! Every assignment belongs to one tenant and only ever reaches gateways of that tenant, whatever
+//! its target names: a group or gateway id of another tenant matches nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -52,7 +55,9 @@ impl Target {
         }
     }
 
-    /// True when this target covers `gateway`.
+    /// True when this target covers `gateway`, by the target alone. An [`Assignment`] also
+    /// requires the gateway to be of its [`tenant`](Assignment::tenant) (see
+    /// [`Assignment::covers`]).
     pub fn matches(&self, gateway: &GatewayInfo) -> bool {
         match self {
             Target::Tenant(t) => *t == gateway.tenant,
@@ -62,12 +67,19 @@ impl Target {
     }
 }
 
-/// "Policy `policy` applies to `target`", at a pinned version or the latest one.
+/// "Policy `policy` applies to `target` within `tenant`", at a pinned version or the latest one.
+///
+/// The tenant bounds the target: the assignment covers a gateway only when the gateway is of
+/// `tenant` *and* the target matches it, so a [`Target::Gateway`] or [`Target::Group`] naming
+/// another tenant's gateway or group reaches nothing. A [`Target::Tenant`] must name `tenant`
+/// itself ([`PolicyServer::assign`](crate::PolicyServer::assign) checks it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Assignment {
     /// Policy name.
     pub policy: String,
-    /// Which gateways.
+    /// The tenant the assignment belongs to; only its gateways can receive it.
+    pub tenant: String,
+    /// Which gateways of the tenant.
     pub target: Target,
     /// A pinned version, or `None` to follow every new version.
     #[serde(default)]
@@ -76,6 +88,14 @@ pub struct Assignment {
     pub assigned_at: i64,
     /// Who made it.
     pub author: String,
+}
+
+impl Assignment {
+    /// True when this assignment applies to `gateway`: the gateway is of the assignment's tenant
+    /// and the target matches it.
+    pub fn covers(&self, gateway: &GatewayInfo) -> bool {
+        self.tenant == gateway.tenant && self.target.matches(gateway)
+    }
 }
 
 /// A gateway as assignments see it: its tenant and the groups it belongs to.
@@ -109,10 +129,9 @@ impl GatewayInfo {
 
 /// Assignments indexed by policy name, resolving desired versions.
 ///
-/// gateway, resolved to a desired version per gateway and policy name.
-///
 /// # Resolution
-/// For a gateway and a policy name, the most specific matching assignment wins: a gateway
+/// For a gateway and a policy name, only assignments of the gateway's tenant count
+/// ([`Assignment::covers`]); of those, the most specific matching assignment wins: a gateway
 /// assignment over a group assignment over a tenant assignment. Between several groups of the
 /// gateway, the most recently made assignment wins (ties: the greater group name), so the result
 /// never depends on storage order. An assignment either pins a version or follows the latest one.
@@ -167,7 +186,7 @@ impl AssignmentTable {
         self.by_policy
             .get(policy)?
             .iter()
-            .filter(|a| a.target.matches(gateway))
+            .filter(|a| a.covers(gateway))
             .max_by(|a, b| {
                 (a.target.specificity(), a.assigned_at, a.target.id()).cmp(&(
                     b.target.specificity(),
@@ -209,6 +228,7 @@ mod tests {
     fn assign(policy: &str, target: Target, version: Option<u64>, at: i64) -> Assignment {
         Assignment {
             policy: policy.into(),
+            tenant: "acme".into(),
             target,
             version,
             assigned_at: at,
@@ -258,6 +278,31 @@ mod tests {
         // Following the latest version of a policy never published gives nothing either.
         let acme = GatewayInfo::new("gw-2", "acme");
         assert_eq!(table.desired_version("fw", &acme, |_| None), None);
+    }
+
+    #[test]
+    fn group_and_gateway_targets_never_cross_tenants() {
+        // acme names a gateway id and a group name that globex's gateway has.
+        let globex = GatewayInfo::new("gw-x", "globex").with_group("eu");
+        let table = AssignmentTable::new([
+            assign("fw", Target::Gateway("gw-x".into()), Some(1), 1),
+            assign("dns", Target::Group("eu".into()), Some(2), 1),
+        ]);
+        assert_eq!(table.desired_version("fw", &globex, latest), None);
+        assert_eq!(table.desired_version("dns", &globex, latest), None);
+        assert!(table.desired_versions(&globex, latest).is_empty());
+        // The same gateway in acme receives both.
+        let acme = GatewayInfo::new("gw-x", "acme").with_group("eu");
+        assert_eq!(table.desired_version("fw", &acme, latest), Some(1));
+        assert_eq!(table.desired_version("dns", &acme, latest), Some(2));
+        // And globex's own assignment of the same target reaches its gateway.
+        let mut table = table;
+        table.put(Assignment {
+            tenant: "globex".into(),
+            ..assign("web", Target::Gateway("gw-x".into()), Some(4), 2)
+        });
+        assert_eq!(table.desired_version("web", &globex, latest), Some(4));
+        assert_eq!(table.desired_version("web", &acme, latest), None);
     }
 
     #[test]

@@ -20,7 +20,7 @@ pub use driver::{
     PolicyServiceBuilder, PolicyServiceConfig, PublishResult, RolloutView, StateCounts, TargetView,
     UnassignResult, UpdateSink, VersionOutcome,
 };
-pub use planner::{UpdatePlanner, build_update};
+pub use planner::{UpdatePlanner, build_update, update_frame_len};
 pub use service::{ChangeResult, Outgoing, PolicyServer, PolicyServerConfig};
 pub use sqlite::SqlitePolicyStore;
 pub use store::{PolicyStore, PublishOutcome};

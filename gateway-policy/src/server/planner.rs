@@ -1,14 +1,31 @@
 //! Building the `policy_update` a gateway needs: a patch against the version it runs when the
-//! server still has that exact version, the full document otherwise, signed when a key is set.
+//! server still has that exact version, the full document otherwise, signed when a key is set,
+//! and never a frame larger than gateways accept.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use gateway_proto::{AppliedPolicy, Bytes, PolicyContent, PolicyUpdate};
+use gateway_proto::{AppliedPolicy, Bytes, ControlFrame, PolicyContent, PolicyUpdate, WireMessage};
 use serde_json::Value;
 
 use super::PolicyStore;
-use crate::{Policy, PolicySigner, Result, diff};
+use crate::{Error, Policy, PolicySigner, Result, diff};
+
+/// The size in bytes of the control frame carrying `update`: the larger of its JSON and protobuf
+/// encodings, which is what a gateway compares with its
+/// [`Limits::max_frame_bytes`](gateway_proto::Limits::max_frame_bytes) whichever encoding its
+/// session uses.
+///
+/// ```
+/// use gateway_policy::{Policy, build_update, update_frame_len};
+/// let policy = Policy::new("fw", 1, serde_json::json!({"pad": "x".repeat(1000)}), 0, "ann", "").unwrap();
+/// let len = update_frame_len(&build_update(&policy, None, None));
+/// assert!(len > 1000 && len < 1200, "{len}");
+/// ```
+pub fn update_frame_len(update: &PolicyUpdate) -> usize {
+    let frame = ControlFrame::PolicyUpdate(update.clone());
+    frame.to_json().len().max(frame.to_protobuf().len())
+}
 
 /// The update that moves a gateway running `base` (if any) to `target`.
 ///
@@ -71,34 +88,85 @@ fn assemble(
 }
 
 /// [`build_update`] with caches, for sending the same version to many gateways: each version is
-/// read from the store, each (base, target) patch computed and each version signed only once.
-/// Versions are immutable, so cached entries never go stale; the caches are cleared when they
-/// pass [`UpdatePlanner::MAX_CACHED`] entries.
+/// read from the store, each (base, target) patch computed, each version signed and each frame's
+/// size measured only once. Versions are immutable, so cached entries never go stale; the caches
+/// are cleared when they pass [`UpdatePlanner::MAX_CACHED`] entries.
+///
+/// # Frame size
+/// With a limit ([`with_max_frame_bytes`](Self::with_max_frame_bytes)) the planner never returns
+/// an update whose frame ([`update_frame_len`]) exceeds it: a patch over the limit falls back to
+/// the full document, and when the full document does not fit either
+/// [`update_for`](Self::update_for) fails with [`Error::PolicyTooLarge`] (gateways refuse such a
+/// frame and drop the session, so sending it would only make them reconnect in a loop).
 #[derive(Debug)]
 pub struct UpdatePlanner {
     signer: Option<PolicySigner>,
+    max_frame_bytes: Option<usize>,
     versions: HashMap<(String, u64), Option<Arc<Policy>>>,
     signatures: HashMap<(String, u64), Bytes>,
     patches: HashMap<(String, u64, u64), Option<Value>>,
+    /// Frame sizes by (name, version, patch base), for the limit check.
+    frame_sizes: HashMap<(String, u64, Option<u64>), usize>,
 }
 
 impl UpdatePlanner {
     /// Entries per cache before it is cleared.
     pub const MAX_CACHED: usize = 1024;
 
-    /// A planner signing with `signer`, if any.
+    /// A planner signing with `signer`, if any, with no frame size limit.
     pub fn new(signer: Option<PolicySigner>) -> Self {
         UpdatePlanner {
             signer,
+            max_frame_bytes: None,
             versions: HashMap::new(),
             signatures: HashMap::new(),
             patches: HashMap::new(),
+            frame_sizes: HashMap::new(),
         }
+    }
+
+    /// Never plan a frame larger than `limit` bytes (see "Frame size" above).
+    pub fn with_max_frame_bytes(mut self, limit: usize) -> Self {
+        self.max_frame_bytes = Some(limit);
+        self
+    }
+
+    /// The frame size limit, if any.
+    pub fn max_frame_bytes(&self) -> Option<usize> {
+        self.max_frame_bytes
     }
 
     /// The signer, if updates are signed.
     pub fn signer(&self) -> Option<&PolicySigner> {
         self.signer.as_ref()
+    }
+
+    /// Check that the full-document update of `document` as a new version of `name` fits the
+    /// frame limit, before it is published: [`Error::PolicyTooLarge`] when it does not. The
+    /// frame is measured with the largest version number and, when updates are signed, a
+    /// signature, so the real frame is never larger.
+    pub fn check_document(&self, name: &str, document: &Value) -> Result<()> {
+        let Some(limit) = self.max_frame_bytes else {
+            return Ok(());
+        };
+        let update = PolicyUpdate {
+            name: name.to_owned(),
+            version: u64::MAX,
+            checksum: crate::checksum(document)?,
+            content: PolicyContent::Full {
+                document: document.clone(),
+            },
+            signature: self.signer.as_ref().map(|_| Bytes::from(vec![0; 64])),
+        };
+        let frame_bytes = update_frame_len(&update);
+        if frame_bytes > limit {
+            return Err(Error::PolicyTooLarge {
+                name: name.to_owned(),
+                frame_bytes,
+                limit,
+            });
+        }
+        Ok(())
     }
 
     /// A version of a policy, through the cache.
@@ -125,7 +193,9 @@ impl UpdatePlanner {
 
     /// The update that moves a gateway running `running` (as reported in its `hello` or last
     /// status) to `version` of `name`. A patch is used only when the store still has the running
-    /// version with the checksum the gateway reported and `force_full` is false.
+    /// version with the checksum the gateway reported, `force_full` is false and its frame fits
+    /// the limit; the full document otherwise, if its frame fits the limit, else
+    /// [`Error::PolicyTooLarge`].
     pub fn update_for(
         &mut self,
         store: &dyn PolicyStore,
@@ -147,7 +217,47 @@ impl UpdatePlanner {
             _ => None,
         };
         let signature = self.signature(&target);
-        Ok(assemble(&target, patch, signature))
+        if patch.is_some() {
+            let update = assemble(&target, patch, signature.clone());
+            if self.fits(&update).is_ok() {
+                return Ok(update);
+            }
+            tracing::debug!(policy = %name, version, "the patch frame is over the limit; trying the full document");
+        }
+        let update = assemble(&target, None, signature);
+        self.fits(&update)?;
+        Ok(update)
+    }
+
+    /// `Ok` when the update's frame is within the limit, through the size cache.
+    fn fits(&mut self, update: &PolicyUpdate) -> Result<()> {
+        let Some(limit) = self.max_frame_bytes else {
+            return Ok(());
+        };
+        let base = match &update.content {
+            PolicyContent::Patch { base_version, .. } => Some(*base_version),
+            PolicyContent::Full { .. } => None,
+        };
+        let key = (update.name.clone(), update.version, base);
+        let frame_bytes = match self.frame_sizes.get(&key) {
+            Some(len) => *len,
+            None => {
+                let len = update_frame_len(update);
+                if self.frame_sizes.len() >= Self::MAX_CACHED {
+                    self.frame_sizes.clear();
+                }
+                self.frame_sizes.insert(key, len);
+                len
+            }
+        };
+        if frame_bytes > limit {
+            return Err(Error::PolicyTooLarge {
+                name: update.name.clone(),
+                frame_bytes,
+                limit,
+            });
+        }
+        Ok(())
     }
 
     fn patch(

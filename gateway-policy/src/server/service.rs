@@ -3,7 +3,9 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use gateway_proto::{AppliedPolicy, PolicyContent, PolicyState, PolicyStatus, PolicyUpdate};
+use gateway_proto::{
+    AppliedPolicy, ErrorCode, Limits, PolicyContent, PolicyState, PolicyStatus, PolicyUpdate,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -15,19 +17,52 @@ use super::{
 use crate::{Error, PolicySigner, Result, validate_name};
 
 /// Configuration of a [`PolicyServer`].
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct PolicyServerConfig {
     /// Ed25519 secret key (64 hex digits) to sign every update with. Default: none (unsigned).
     pub signing_key: Option<String>,
     /// Staging for rollouts whose call does not give one. Default: everything at once.
     pub default_staging: StagedRollout,
+    /// The largest `policy_update` frame the server sends, in bytes: the whole encoded frame
+    /// (name, version, checksum, signature and the document or patch), in the larger of the JSON
+    /// and protobuf encodings. Gateways refuse a frame over their
+    /// [`Limits::max_frame_bytes`](gateway_proto::Limits::max_frame_bytes) and drop the session,
+    /// so keep this at most the gateways' limit. A publish or rollback whose full-document frame
+    /// would exceed it is refused with [`Error::PolicyTooLarge`] (`413 payload_too_large`), and
+    /// no frame over it is ever sent (a target that cannot be sent is recorded `rejected` with
+    /// code `payload_too_large`). Default: `Limits::default().max_frame_bytes` (1 MiB); since
+    /// the whole frame is measured, the frame's other fields need no extra margin. At least 1024.
+    pub max_update_frame_bytes: usize,
+}
+
+impl Default for PolicyServerConfig {
+    fn default() -> Self {
+        PolicyServerConfig {
+            signing_key: None,
+            default_staging: StagedRollout::default(),
+            max_update_frame_bytes: Limits::default().max_frame_bytes,
+        }
+    }
 }
 
 impl PolicyServerConfig {
+    /// The smallest accepted [`max_update_frame_bytes`](Self::max_update_frame_bytes).
+    pub const MIN_UPDATE_FRAME_BYTES: usize = 1024;
+
     /// Check the configuration; the error names the bad parameter.
     pub fn validate(&self) -> Result<()> {
         self.signer().map(|_| ())?;
+        if self.max_update_frame_bytes < Self::MIN_UPDATE_FRAME_BYTES {
+            return Err(Error::invalid(
+                "max_update_frame_bytes",
+                format!(
+                    "must be at least {} bytes, got {}",
+                    Self::MIN_UPDATE_FRAME_BYTES,
+                    self.max_update_frame_bytes
+                ),
+            ));
+        }
         self.default_staging.validate()
     }
 
@@ -70,6 +105,22 @@ pub struct ChangeResult {
 /// the `policy_update` frames to send now. Time is passed in (`now_ms`, ms since the epoch);
 /// nothing here reads a clock or does network I/O. Wrap it in a mutex or an actor task to share it.
 ///
+/// # Tenancy
+/// Every gateway belongs to one tenant (the tenant it connects with, or that
+/// [`register_gateway`](Self::register_gateway) gives it) and every [`Assignment`] to one tenant;
+/// a gateway only ever receives assignments of its own tenant ([`Assignment::covers`]), whatever
+/// group or gateway id their target names. When a gateway connects (or is registered) with a
+/// tenant other than the one recorded for it, nothing of the old tenant follows it: its groups
+/// are dropped, every assignment naming it ([`Target::Gateway`]) is removed, and it leaves every
+/// rollout; only then do the new tenant's assignments apply.
+///
+/// # Frame size
+/// No `policy_update` frame larger than [`PolicyServerConfig::max_update_frame_bytes`] is ever
+/// returned: [`publish`](Self::publish) and [`rollback`](Self::rollback) refuse a document whose
+/// full-document frame would be larger ([`Error::PolicyTooLarge`]), and a target whose update
+/// still does not fit (a version published under a larger limit) is recorded `rejected` with code
+/// `payload_too_large` instead of being sent.
+///
 /// # What survives a restart
 /// Versions, assignments, gateway membership and rollouts (targets, which were released, abort
 /// state) live in the store, so a staged rollout keeps its pace and an aborted one stays aborted.
@@ -97,7 +148,7 @@ impl<S: PolicyStore> PolicyServer<S> {
         config.validate()?;
         let signer = config.signer()?;
         let mut server = PolicyServer {
-            planner: UpdatePlanner::new(signer),
+            planner: UpdatePlanner::new(signer).with_max_frame_bytes(config.max_update_frame_bytes),
             assignments: AssignmentTable::new(store.assignments()?),
             gateways: store
                 .gateways()?
@@ -208,8 +259,16 @@ impl<S: PolicyStore> PolicyServer<S> {
     }
 
     /// Add or update a gateway's membership. Its desired versions change at once (outside any
-    /// rollout); returns the updates to send if it is connected.
+    /// rollout); returns the updates to send if it is connected. A tenant other than the one
+    /// recorded moves the gateway: everything of its old tenant is dropped first (see
+    /// "Tenancy" above).
     pub fn register_gateway(&mut self, gateway: GatewayInfo, now_ms: i64) -> Result<Vec<Outgoing>> {
+        if let Some(known) = self.gateways.get(&gateway.id)
+            && known.tenant != gateway.tenant
+        {
+            let old = known.tenant.clone();
+            self.leave_tenant(&gateway.id, &old, &gateway.tenant)?;
+        }
         if self.gateways.get(&gateway.id) != Some(&gateway) {
             self.store.put_gateway(&gateway)?;
             self.gateways.insert(gateway.id.clone(), gateway.clone());
@@ -227,8 +286,10 @@ impl<S: PolicyStore> PolicyServer<S> {
         Ok(known)
     }
 
-    /// A gateway connected and said, in its `hello`, which policies it runs. A gateway not known
-    /// yet is registered in `tenant` with no groups. Returns the updates to send it now.
+    /// A gateway connected and said, in its `hello`, which policies it runs; `tenant` is the
+    /// tenant of its credentials. A gateway not known yet is registered in `tenant` with no
+    /// groups. A gateway recorded in another tenant moves to `tenant` with no groups, and nothing
+    /// of its old tenant follows it (see "Tenancy" above). Returns the updates to send it now.
     pub fn connect(
         &mut self,
         gateway_id: &str,
@@ -238,10 +299,11 @@ impl<S: PolicyStore> PolicyServer<S> {
     ) -> Result<Vec<PolicyUpdate>> {
         let info = match self.gateways.get(gateway_id) {
             Some(known) if known.tenant == tenant => None,
-            Some(known) => Some(GatewayInfo {
-                tenant: tenant.to_owned(),
-                ..known.clone()
-            }),
+            Some(known) => {
+                let old = known.tenant.clone();
+                self.leave_tenant(gateway_id, &old, tenant)?;
+                Some(GatewayInfo::new(gateway_id, tenant))
+            }
             None => Some(GatewayInfo::new(gateway_id, tenant)),
         };
         if let Some(info) = info {
@@ -282,6 +344,31 @@ impl<S: PolicyStore> PolicyServer<S> {
             .into_iter()
             .map(|o| o.update)
             .collect())
+    }
+
+    /// A gateway moves from tenant `old` to `new`: drop every assignment naming it and every
+    /// target and rollout membership it has, so nothing of `old` follows it. Its groups go with
+    /// the new membership the caller records.
+    fn leave_tenant(&mut self, gateway_id: &str, old: &str, new: &str) -> Result<()> {
+        let naming = Target::Gateway(gateway_id.to_owned());
+        let policies: Vec<String> = self
+            .assignments
+            .all()
+            .filter(|a| a.target == naming)
+            .map(|a| a.policy.clone())
+            .collect();
+        for policy in &policies {
+            self.store.remove_assignment(policy, &naming)?;
+            self.assignments.remove(policy, &naming);
+        }
+        self.store.remove_gateway_from_rollouts(gateway_id)?;
+        self.tracker.remove_gateway(gateway_id);
+        tracing::warn!(
+            gateway = %gateway_id, old_tenant = %old, new_tenant = %new,
+            assignments_removed = policies.len(),
+            "gateway changed tenant: its groups, assignments and rollout targets were dropped"
+        );
+        Ok(())
     }
 
     /// The gateway's connection closed.
@@ -352,7 +439,9 @@ impl<S: PolicyStore> PolicyServer<S> {
 
     /// Publish a new version of `name` and roll it out to every gateway that follows its latest
     /// version. Publishing the current document again creates nothing
-    /// ([`PublishOutcome::Unchanged`]) and starts no rollout.
+    /// ([`PublishOutcome::Unchanged`]) and starts no rollout. A document whose full-document
+    /// frame would exceed [`PolicyServerConfig::max_update_frame_bytes`] is refused with
+    /// [`Error::PolicyTooLarge`] before anything is stored.
     pub fn publish(
         &mut self,
         name: &str,
@@ -366,6 +455,7 @@ impl<S: PolicyStore> PolicyServer<S> {
         if let Some(s) = &staging {
             s.validate()?;
         }
+        self.planner.check_document(name, &document)?;
         let outcome = self
             .store
             .publish(name, document, author, message, now_ms)?;
@@ -373,7 +463,7 @@ impl<S: PolicyStore> PolicyServer<S> {
     }
 
     /// Publish the document of an old version as a new version (versions never move back) and
-    /// roll it out like [`publish`](Self::publish).
+    /// roll it out like [`publish`](Self::publish), with the same frame size check.
     pub fn rollback(
         &mut self,
         name: &str,
@@ -386,6 +476,8 @@ impl<S: PolicyStore> PolicyServer<S> {
         if let Some(s) = &staging {
             s.validate()?;
         }
+        let old = self.store.get(name, to_version)?;
+        self.planner.check_document(name, &old.document)?;
         let outcome = self
             .store
             .rollback(name, to_version, author, message, now_ms)?;
@@ -416,7 +508,9 @@ impl<S: PolicyStore> PolicyServer<S> {
     }
 
     /// Assign a policy to a tenant, group or gateway (replacing the assignment of the same
-    /// target) and roll out the resulting desired versions. A pinned version must exist.
+    /// target) and roll out the resulting desired versions. A pinned version must exist. The
+    /// assignment reaches only gateways of its [`tenant`](Assignment::tenant); a
+    /// [`Target::Tenant`] must name that tenant.
     ///
     /// Pinning a version older than one a gateway already runs makes that gateway answer
     /// `stale_version` (gateways only move forward); use [`rollback`](Self::rollback) to go back.
@@ -429,6 +523,17 @@ impl<S: PolicyStore> PolicyServer<S> {
         validate_name(&assignment.policy)?;
         if let Some(s) = &staging {
             s.validate()?;
+        }
+        if let Target::Tenant(t) = &assignment.target
+            && *t != assignment.tenant
+        {
+            return Err(Error::invalid(
+                "tenant",
+                format!(
+                    "an assignment of tenant {:?} cannot target tenant {t:?}",
+                    assignment.tenant
+                ),
+            ));
         }
         match assignment.version {
             Some(v) => {
@@ -609,9 +714,27 @@ impl<S: PolicyStore> PolicyServer<S> {
         };
         let (version, force_full) = (target.desired_version, target.needs_full);
         let running = self.connected.get(gateway_id).and_then(|m| m.get(policy));
-        let update = self
-            .planner
-            .update_for(&self.store, policy, version, running, force_full)?;
+        let update = match self.planner.update_for(
+            &self.store,
+            policy,
+            version,
+            running,
+            force_full,
+        ) {
+            Ok(update) => update,
+            Err(e @ Error::PolicyTooLarge { .. }) => {
+                // Sending it would only make the gateway drop the session and reconnect.
+                tracing::warn!(gateway = %gateway_id, %policy, version, error = %e, "update not sent");
+                self.tracker.reject(
+                    gateway_id,
+                    policy,
+                    ErrorCode::PayloadTooLarge,
+                    e.to_string(),
+                );
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
         let patch = matches!(update.content, PolicyContent::Patch { .. });
         self.tracker
             .mark_delivered(gateway_id, policy, patch, now_ms);

@@ -30,6 +30,7 @@ CREATE TABLE IF NOT EXISTS policy_assignments (
     version INTEGER,
     assigned_at INTEGER NOT NULL,
     author TEXT NOT NULL,
+    tenant TEXT,
     PRIMARY KEY (policy, target_kind, target_id)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS policy_gateways (
@@ -64,8 +65,12 @@ PRAGMA user_version = 1;
 /// * `policy_versions(name, version, checksum, document, created_at, author, message)`, primary
 ///   key `(name, version)`: one row per version, never updated. `document` is JSON text; its
 ///   checksum is verified on every read, so a damaged row is reported, never served.
-/// * `policy_assignments(policy, target_kind, target_id, version, assigned_at, author)`, primary
-///   key `(policy, target_kind, target_id)`; `version` is NULL for "follow the latest".
+/// * `policy_assignments(policy, target_kind, target_id, version, assigned_at, author, tenant)`,
+///   primary key `(policy, target_kind, target_id)`; `version` is NULL for "follow the latest";
+///   `tenant` is the tenant the assignment belongs to (added to older files by `ALTER TABLE`
+///   on open, without a schema version change; their rows get the tenant of a tenant target,
+///   the tenant prefix of a `tenant/group` group target, or the recorded tenant of a gateway
+///   target, and an empty tenant, with a warning, when none can be told).
 /// * `policy_gateways(id, tenant, groups)`: membership, `groups` a JSON array.
 /// * `policy_rollouts(id, policy, version, started_at, staging, aborted)` and
 ///   `policy_rollout_targets(rollout, gateway, released)`: rollouts survive a restart, so a
@@ -107,6 +112,7 @@ impl SqlitePolicyStore {
             });
         }
         conn.execute_batch(SCHEMA)?;
+        migrate_assignment_tenants(&conn)?;
         Ok(SqlitePolicyStore {
             conn: Mutex::new(conn),
         })
@@ -115,6 +121,49 @@ impl SqlitePolicyStore {
     fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Files written before assignments carried a tenant: add the column and fill it in.
+fn migrate_assignment_tenants(conn: &Connection) -> Result<()> {
+    let has_column = conn
+        .prepare("SELECT 1 FROM pragma_table_info('policy_assignments') WHERE name = 'tenant'")?
+        .exists([])?;
+    if !has_column {
+        conn.execute("ALTER TABLE policy_assignments ADD COLUMN tenant TEXT", [])?;
+    }
+    let legacy: Vec<(String, String, String)> = conn
+        .prepare(
+            "SELECT policy, target_kind, target_id FROM policy_assignments WHERE tenant IS NULL",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (policy, kind, id) in legacy {
+        let tenant: Option<String> = match kind.as_str() {
+            "tenant" => Some(id.clone()),
+            // The service stores group `eu` of tenant `acme` as `acme/eu`.
+            "group" => id.rsplit_once('/').map(|(tenant, _)| tenant.to_owned()),
+            "gateway" => conn
+                .query_row(
+                    "SELECT tenant FROM policy_gateways WHERE id = ?1",
+                    params![id],
+                    |r| r.get(0),
+                )
+                .optional()?,
+            _ => None,
+        };
+        let tenant = tenant.unwrap_or_else(|| {
+            tracing::warn!(
+                %policy, target_kind = %kind, target_id = %id,
+                "an assignment from an older release names no tenant; it reaches no gateway until it is made again"
+            );
+            String::new()
+        });
+        conn.execute(
+            "UPDATE policy_assignments SET tenant = ?4 WHERE policy = ?1 AND target_kind = ?2 AND target_id = ?3",
+            params![policy, kind, id, tenant],
+        )?;
+    }
+    Ok(())
 }
 
 fn to_i64(value: u64, what: &'static str) -> Result<i64> {
@@ -280,9 +329,9 @@ impl PolicyStore for SqlitePolicyStore {
         validate_name(&a.policy)?;
         let version = a.version.map(|v| to_i64(v, "version")).transpose()?;
         self.conn().execute(
-            "INSERT OR REPLACE INTO policy_assignments (policy, target_kind, target_id, version, assigned_at, author)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![a.policy, a.target.kind(), a.target.id(), version, a.assigned_at, a.author],
+            "INSERT OR REPLACE INTO policy_assignments (policy, target_kind, target_id, version, assigned_at, author, tenant)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![a.policy, a.target.kind(), a.target.id(), version, a.assigned_at, a.author, a.tenant],
         )?;
         Ok(())
     }
@@ -298,7 +347,7 @@ impl PolicyStore for SqlitePolicyStore {
     fn assignments(&self) -> Result<Vec<Assignment>> {
         let conn = self.conn();
         let mut stmt = conn.prepare(
-            "SELECT policy, target_kind, target_id, version, assigned_at, author
+            "SELECT policy, target_kind, target_id, version, assigned_at, author, tenant
              FROM policy_assignments ORDER BY policy, target_kind, target_id",
         )?;
         let rows = stmt.query_map([], |row| {
@@ -309,17 +358,19 @@ impl PolicyStore for SqlitePolicyStore {
                 row.get::<_, Option<i64>>(3)?,
                 row.get::<_, i64>(4)?,
                 row.get::<_, String>(5)?,
+                row.get::<_, Option<String>>(6)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (policy, kind, id, version, assigned_at, author) = row?;
+            let (policy, kind, id, version, assigned_at, author, tenant) = row?;
             let target = Target::from_parts(&kind, id).ok_or_else(|| Error::Corrupt {
                 what: format!("assignment of policy {policy:?}"),
                 reason: format!("unknown target kind {kind:?}"),
             })?;
             out.push(Assignment {
                 policy,
+                tenant: tenant.unwrap_or_default(),
                 target,
                 version: version.map(|v| v as u64),
                 assigned_at,
@@ -481,6 +532,14 @@ impl PolicyStore for SqlitePolicyStore {
         Ok(())
     }
 
+    fn remove_gateway_from_rollouts(&self, gateway_id: &str) -> Result<()> {
+        self.conn().execute(
+            "DELETE FROM policy_rollout_targets WHERE gateway = ?1",
+            params![gateway_id],
+        )?;
+        Ok(())
+    }
+
     fn set_policy_owner(&self, name: &str, tenant: &str) -> Result<()> {
         validate_name(name)?;
         self.conn().execute(
@@ -616,7 +675,8 @@ mod tests {
             let s = SqlitePolicyStore::open(&path).unwrap();
             s.put_assignment(&Assignment {
                 policy: "fw".into(),
-                target: Target::Group("eu".into()),
+                tenant: "acme".into(),
+                target: Target::Group("acme/eu".into()),
                 version: Some(2),
                 assigned_at: 5,
                 author: "ann".into(),
@@ -624,6 +684,7 @@ mod tests {
             .unwrap();
             s.put_assignment(&Assignment {
                 policy: "fw".into(),
+                tenant: "acme".into(),
                 target: Target::Tenant("acme".into()),
                 version: None,
                 assigned_at: 6,
@@ -638,16 +699,17 @@ mod tests {
         let assignments = s.assignments().unwrap();
         assert_eq!(assignments.len(), 2);
         assert!(assignments.iter().any(|a| a.version == Some(2)));
+        assert!(assignments.iter().all(|a| a.tenant == "acme"));
         assert_eq!(
             s.gateways().unwrap(),
             vec![GatewayInfo::new("gw-1", "acme").with_group("eu")]
         );
         assert!(
-            s.remove_assignment("fw", &Target::Group("eu".into()))
+            s.remove_assignment("fw", &Target::Group("acme/eu".into()))
                 .unwrap()
         );
         assert!(
-            !s.remove_assignment("fw", &Target::Group("eu".into()))
+            !s.remove_assignment("fw", &Target::Group("acme/eu".into()))
                 .unwrap()
         );
         assert!(s.remove_gateway("gw-1").unwrap());
@@ -701,8 +763,72 @@ mod tests {
                 ..record
             }
         );
+        // A gateway that changed tenant leaves every rollout.
+        s.remove_gateway_from_rollouts("gw-b").unwrap();
+        assert_eq!(
+            s.rollouts().unwrap()[0].targets,
+            vec![("gw-a".into(), false), ("gw-c".into(), true)]
+        );
         s.delete_rollouts(&[7]).unwrap();
         assert_eq!(s.rollouts().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn assignments_of_an_older_file_get_their_tenant() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policies.db");
+        {
+            // The assignments table as releases before tenant-scoped assignments wrote it.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE policy_assignments (
+                    policy TEXT NOT NULL, target_kind TEXT NOT NULL, target_id TEXT NOT NULL,
+                    version INTEGER, assigned_at INTEGER NOT NULL, author TEXT NOT NULL,
+                    PRIMARY KEY (policy, target_kind, target_id)) WITHOUT ROWID;
+                 CREATE TABLE policy_gateways (id TEXT PRIMARY KEY NOT NULL, tenant TEXT NOT NULL,
+                    groups TEXT NOT NULL) WITHOUT ROWID;
+                 INSERT INTO policy_gateways VALUES ('gw-1', 'globex', '[]');
+                 INSERT INTO policy_assignments VALUES
+                    ('fw', 'tenant', 'acme', NULL, 1, 'ann'),
+                    ('fw', 'group', 'acme/eu', NULL, 1, 'ann'),
+                    ('fw', 'gateway', 'gw-1', 2, 1, 'gus'),
+                    ('fw', 'gateway', 'gw-gone', 2, 1, 'gus'),
+                    ('fw', 'group', 'lab', NULL, 1, 'ops');
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let s = SqlitePolicyStore::open(&path).unwrap();
+        let tenants: Vec<(String, String)> = s
+            .assignments()
+            .unwrap()
+            .into_iter()
+            .map(|a| (a.target.id().to_owned(), a.tenant))
+            .collect();
+        assert_eq!(
+            tenants,
+            vec![
+                ("gw-1".into(), "globex".into()),
+                ("gw-gone".into(), String::new()),
+                ("acme/eu".into(), "acme".into()),
+                ("lab".into(), String::new()),
+                ("acme".into(), "acme".into()),
+            ]
+        );
+        // New assignments keep the tenant they are given, and reopening changes nothing.
+        s.put_assignment(&Assignment {
+            policy: "dns".into(),
+            tenant: "acme".into(),
+            target: Target::Group("acme/lab".into()),
+            version: None,
+            assigned_at: 2,
+            author: "ann".into(),
+        })
+        .unwrap();
+        drop(s);
+        let s = SqlitePolicyStore::open(&path).unwrap();
+        assert_eq!(s.assignments().unwrap()[0].tenant, "acme");
+        assert_eq!(s.assignments().unwrap().len(), 6);
     }
 
     #[test]

@@ -60,7 +60,7 @@ pub trait PolicyStore: Send + Sync {
     /// Every policy name with its latest version number.
     fn latest_versions(&self) -> Result<Vec<(String, u64)>>;
 
-    /// Add or replace (same policy and target) an assignment.
+    /// Add or replace (same policy and target) an assignment, with its tenant.
     fn put_assignment(&self, assignment: &Assignment) -> Result<()>;
 
     /// Remove an assignment; true if there was one.
@@ -92,6 +92,10 @@ pub trait PolicyStore: Send + Sync {
 
     /// Forget rollouts (see [`super::RolloutTracker::prune`]).
     fn delete_rollouts(&self, rollouts: &[RolloutId]) -> Result<()>;
+
+    /// Remove `gateway_id` from the targets of every persisted rollout (it moved to another
+    /// tenant: nothing of its old tenant's rollouts may follow it).
+    fn remove_gateway_from_rollouts(&self, gateway_id: &str) -> Result<()>;
 
     /// Record that policy `name` belongs to `tenant` (see [`super::PolicyService`]: the first
     /// tenant to change a name through the service owns it).

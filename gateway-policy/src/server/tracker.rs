@@ -692,6 +692,30 @@ impl RolloutTracker {
         effect
     }
 
+    /// Record that the server cannot send the desired version to this target (its update does
+    /// not fit in a control frame): the target becomes `rejected` with `code` and `reason`, as if
+    /// the gateway had refused it. Like a gateway's rejection it counts for the abort rule and
+    /// stands until the desired version changes.
+    pub fn reject(
+        &mut self,
+        gateway: &str,
+        policy: &str,
+        code: ErrorCode,
+        reason: impl Into<String>,
+    ) {
+        let Some(target) = self
+            .targets
+            .get_mut(gateway)
+            .and_then(|m| m.get_mut(policy))
+        else {
+            return;
+        };
+        target.reason = Some(reason.into());
+        target.error_code = Some(code);
+        target.needs_full = false;
+        self.transition(gateway, policy, TargetState::Rejected);
+    }
+
     /// Release what the staged rollouts allow now, among targets whose gateway is `connected`.
     /// Returns the released (gateway, policy) pairs: send each its update and call
     /// [`mark_delivered`](Self::mark_delivered).

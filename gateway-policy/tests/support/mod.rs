@@ -12,7 +12,7 @@ use gateway_policy::{
     PolicyServer, PolicyServerConfig, PolicyService, PolicyServiceConfig, PolicySigner,
     PolicyValidator, SqlitePolicyStore,
 };
-use gateway_proto::auth::{Principal, Role};
+use gateway_proto::auth::{GatewayDirectory, Principal, Role};
 use gateway_proto::clock::Clock;
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 
@@ -57,6 +57,7 @@ pub struct Fleet {
     pub delivered: Vec<Outgoing>,
     pub db: PathBuf,
     clock: Arc<dyn Clock>,
+    directory: Option<Arc<dyn GatewayDirectory>>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -66,9 +67,33 @@ impl Fleet {
     }
 
     pub async fn start_with(clock: Arc<dyn Clock>, config: PolicyServiceConfig) -> Fleet {
+        Self::start_full(clock, config, PolicyServerConfig::default(), None).await
+    }
+
+    /// A service that knows the provisioned gateways from `directory`.
+    pub async fn start_with_directory(
+        clock: Arc<dyn Clock>,
+        directory: Arc<dyn GatewayDirectory>,
+    ) -> Fleet {
+        Self::start_full(
+            clock,
+            PolicyServiceConfig::default(),
+            PolicyServerConfig::default(),
+            Some(directory),
+        )
+        .await
+    }
+
+    /// Every knob: the server's configuration (the signing key is always set) and a directory.
+    pub async fn start_full(
+        clock: Arc<dyn Clock>,
+        config: PolicyServiceConfig,
+        server_config: PolicyServerConfig,
+        directory: Option<Arc<dyn GatewayDirectory>>,
+    ) -> Fleet {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("policies.db");
-        let mut fleet = Self::open(&db, clock, config).await;
+        let mut fleet = Self::open(&db, clock, config, server_config, directory).await;
         fleet._dir = Some(dir);
         fleet
     }
@@ -78,22 +103,25 @@ impl Fleet {
         db: &std::path::Path,
         clock: Arc<dyn Clock>,
         config: PolicyServiceConfig,
+        server_config: PolicyServerConfig,
+        directory: Option<Arc<dyn GatewayDirectory>>,
     ) -> Fleet {
         let store = SqlitePolicyStore::open(db).unwrap();
         let server_config = PolicyServerConfig {
             signing_key: Some(hex(&SECRET)),
-            ..Default::default()
+            ..server_config
         };
         let server = PolicyServer::new(store, server_config).unwrap();
         let (update_tx, updates) = unbounded_channel();
         let (event_tx, events) = unbounded_channel();
-        let service = PolicyService::builder(server, update_tx)
+        let mut builder = PolicyService::builder(server, update_tx)
             .clock(clock.clone())
             .events(event_tx)
-            .config(config)
-            .start()
-            .await
-            .unwrap();
+            .config(config);
+        if let Some(directory) = &directory {
+            builder = builder.directory_arc(directory.clone());
+        }
+        let service = builder.start().await.unwrap();
         Fleet {
             service,
             updates,
@@ -102,6 +130,7 @@ impl Fleet {
             delivered: Vec::new(),
             db: db.to_owned(),
             clock,
+            directory,
             _dir: None,
         }
     }
@@ -114,11 +143,19 @@ impl Fleet {
             gateways,
             db,
             clock,
+            directory,
             _dir,
             ..
         } = self;
         drop(service);
-        let mut fleet = Self::open(&db, clock, PolicyServiceConfig::default()).await;
+        let mut fleet = Self::open(
+            &db,
+            clock,
+            PolicyServiceConfig::default(),
+            PolicyServerConfig::default(),
+            directory,
+        )
+        .await;
         fleet.gateways = gateways;
         fleet._dir = _dir;
         fleet

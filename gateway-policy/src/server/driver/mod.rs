@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use gateway_proto::auth::GatewayDirectory;
 use gateway_proto::clock::{Clock, SystemClock};
 use gateway_proto::{AppliedPolicy, PolicyStatus, PolicyUpdate};
 use serde::{Deserialize, Serialize};
@@ -76,8 +77,8 @@ impl PolicyServiceConfig {
 ///   finished rollouts after [`PolicyServiceConfig::rollout_retention_ms`]. The timer stops when
 ///   the last handle is dropped.
 /// * Adds tenancy for operators: policy names are one global namespace, and each name belongs
-///   to the tenant that first changed it through the service; groups and assignments are per
-///   tenant (see [`publish`](Self::publish) and the crate's `API.md`).
+///   to the tenant that first changed it through the service; groups, assignments and gateways
+///   are per tenant (see "Tenancy" below and the crate's `API.md`).
 /// * Reports every rollout and status change and every operator action to an optional
 ///   [`EventSink`] ([`PolicyEvent`], [`AuditEvent`]).
 ///
@@ -98,12 +99,29 @@ impl PolicyServiceConfig {
 ///   (`not_found`) reading it and [`Error::NameTaken`] (`conflict`) changing it. Names
 ///   published directly through [`PolicyServer`] have no owner: every tenant can read them, and
 ///   the first to change one through the service claims it.
-/// * Assignments go to the caller's own tenant, to a group (groups are per tenant: group `eu`
-///   of `acme` is stored as `acme/eu`), or to a gateway of the caller's tenant. Listings show
-///   only targets inside the caller's tenant.
-/// * A gateway belongs to the tenant of its token (set when it connects) or of the operator who
-///   first set its groups; other tenants get [`Error::UnknownGateway`].
-/// * Rollout views count only the caller's tenant's gateways.
+/// * Assignments belong to the caller's tenant and go to that tenant, to a group (groups are
+///   per tenant: group `eu` of `acme` is stored as `acme/eu`), or to a gateway of the caller's
+///   tenant. A gateway only ever receives assignments of its own tenant. Listings show only the
+///   caller's tenant's assignments.
+/// * A gateway belongs to the tenant of its credentials, given by
+///   [`gateway_connected`](Self::gateway_connected). An operator may name a gateway (set its
+///   groups, assign to it, read its policies) only when it is a gateway of the operator's
+///   tenant; otherwise, whether it exists elsewhere or not at all, the answer is
+///   [`Error::UnknownGateway`] (`404 not_found`):
+///   * with a [`GatewayDirectory`] ([`PolicyServiceBuilder::directory`]), the directory says
+///     which tenant a gateway id is provisioned in, so an operator can set the groups of (and
+///     assign to) a gateway of the tenant before it first connects;
+///   * without one, only gateways that connected in the operator's tenant can be named (setting
+///     groups never registers an unknown gateway).
+///
+///   Reads (`GET /v1/gateways/{id}/policies`) also need the gateway to be recorded in the
+///   caller's tenant.
+/// * A gateway that connects with a tenant other than the one recorded for it (re-provisioned,
+///   or named by another tenant's operator before the directory existed) keeps nothing of the
+///   old tenant: its groups, the assignments naming it and its rollout targets are dropped
+///   ([`PolicyServer`]'s "Tenancy").
+/// * Rollout views count only the caller's tenant's gateways, and every event goes to the
+///   tenant whose data it carries (see [`EventSink`]).
 /// * Roles are the router's business: the methods trust the principal they are given.
 pub struct PolicyService<S: PolicyStore + 'static = SqlitePolicyStore> {
     shared: Arc<Shared<S>>,
@@ -126,11 +144,13 @@ impl<S: PolicyStore + 'static> std::fmt::Debug for PolicyService<S> {
 }
 
 /// Builds a [`PolicyService`]: the server and the update sink are required; the clock
-/// (default [`SystemClock`]), the event sink (default none) and the configuration are optional.
+/// (default [`SystemClock`]), the event sink (default none), the gateway directory (default
+/// none) and the configuration are optional.
 pub struct PolicyServiceBuilder<S: PolicyStore + 'static> {
     server: PolicyServer<S>,
     updates: Arc<dyn UpdateSink>,
     events: Option<Arc<dyn EventSink>>,
+    directory: Option<Arc<dyn GatewayDirectory>>,
     clock: Arc<dyn Clock>,
     config: PolicyServiceConfig,
 }
@@ -140,6 +160,7 @@ impl<S: PolicyStore + 'static> std::fmt::Debug for PolicyServiceBuilder<S> {
         f.debug_struct("PolicyServiceBuilder")
             .field("server", &self.server)
             .field("events", &self.events.is_some())
+            .field("directory", &self.directory.is_some())
             .field("clock", &self.clock)
             .field("config", &self.config)
             .finish_non_exhaustive()
@@ -166,6 +187,22 @@ impl<S: PolicyStore + 'static> PolicyServiceBuilder<S> {
         self
     }
 
+    /// The server's list of provisioned gateways and their tenants (e.g. the
+    /// [`StaticTokens`](gateway_proto::auth::StaticTokens) the server authenticates with).
+    /// With it, operators can name a gateway of their tenant before it first connects; without
+    /// it, only gateways that connected in the operator's tenant (see [`PolicyService`]'s
+    /// "Tenancy"). Default: none.
+    pub fn directory(self, directory: impl GatewayDirectory) -> Self {
+        self.directory_arc(Arc::new(directory))
+    }
+
+    /// [`directory`](Self::directory) from a shared directory, e.g. the `Arc<StaticTokens>` the
+    /// authenticator is made of.
+    pub fn directory_arc(mut self, directory: Arc<dyn GatewayDirectory>) -> Self {
+        self.directory = Some(directory);
+        self
+    }
+
     /// Retention and pruning of finished rollouts.
     pub fn config(mut self, config: PolicyServiceConfig) -> Self {
         self.config = config;
@@ -183,13 +220,19 @@ impl<S: PolicyStore + 'static> PolicyServiceBuilder<S> {
             server,
             updates,
             events,
+            directory,
             clock,
             config,
         } = self;
         let loader_clock = clock.clone();
         let core = runtime
             .spawn_blocking(move || {
-                Core::load(server, updates, events, config, loader_clock.now_ms())
+                let hooks = Hooks {
+                    updates,
+                    events,
+                    directory,
+                };
+                Core::load(server, hooks, config, loader_clock.now_ms())
             })
             .await
             .map_err(|e| Error::Unavailable(format!("loading the policy service failed: {e}")))??;
@@ -286,6 +329,13 @@ async fn run_timer<S: PolicyStore + 'static>(
     }
 }
 
+/// What the host gave the service: where frames and events go, and who owns which gateway.
+struct Hooks {
+    updates: Arc<dyn UpdateSink>,
+    events: Option<Arc<dyn EventSink>>,
+    directory: Option<Arc<dyn GatewayDirectory>>,
+}
+
 /// The state behind the lock.
 pub(crate) struct Core<S> {
     pub(crate) server: PolicyServer<S>,
@@ -293,6 +343,7 @@ pub(crate) struct Core<S> {
     owners: HashMap<String, String>,
     updates: Arc<dyn UpdateSink>,
     events: Option<Arc<dyn EventSink>>,
+    directory: Option<Arc<dyn GatewayDirectory>>,
     /// Last reported state of every rollout not aborted.
     watched: HashMap<RolloutId, RolloutState>,
     /// The highest rollout id seen, so new rollouts are reported once.
@@ -304,11 +355,15 @@ pub(crate) struct Core<S> {
 impl<S: PolicyStore> Core<S> {
     fn load(
         server: PolicyServer<S>,
-        updates: Arc<dyn UpdateSink>,
-        events: Option<Arc<dyn EventSink>>,
+        hooks: Hooks,
         config: PolicyServiceConfig,
         now_ms: i64,
     ) -> Result<Self> {
+        let Hooks {
+            updates,
+            events,
+            directory,
+        } = hooks;
         let owners = server.store().policy_owners()?.into_iter().collect();
         let summaries = server.tracker().rollouts();
         let last_rollout = summaries.iter().map(|s| s.id).max().unwrap_or(0);
@@ -322,6 +377,7 @@ impl<S: PolicyStore> Core<S> {
             owners,
             updates,
             events,
+            directory,
             watched,
             last_rollout,
             config,
@@ -386,11 +442,24 @@ impl<S: PolicyStore> Core<S> {
         self.owners.get(policy).map(String::as_str)
     }
 
-    fn tenant_of_gateway(&self, gateway_id: &str) -> String {
-        self.server
-            .gateway(gateway_id)
-            .map(|g| g.tenant.clone())
-            .unwrap_or_default()
+    /// True when an operator of `tenant` may name `gateway_id` in a change: the directory
+    /// provisions it in `tenant`, or, without a directory, it connected in `tenant`.
+    fn may_name_gateway(&self, gateway_id: &str, tenant: &str) -> bool {
+        match &self.directory {
+            Some(directory) => directory.tenant_of(gateway_id).as_deref() == Some(tenant),
+            None => views::gateway_in_tenant(&self.server, gateway_id, tenant),
+        }
+    }
+
+    /// [`may_name_gateway`](Self::may_name_gateway), as the error operators get.
+    fn require_gateway_of(&self, gateway_id: &str, tenant: &str) -> Result<()> {
+        if self.may_name_gateway(gateway_id, tenant) {
+            Ok(())
+        } else {
+            Err(Error::UnknownGateway {
+                gateway_id: gateway_id.to_owned(),
+            })
+        }
     }
 
     /// Report rollouts that started or changed state: the given ones (or every rollout not
@@ -427,11 +496,32 @@ impl<S: PolicyStore> Core<S> {
                 Some(_) => {}
             }
         }
+        if changed.is_empty() {
+            return;
+        }
+        // Each tenant hears of a rollout counted over its own gateways only: the owner of the
+        // policy, and every tenant with a gateway in the rollout. Nobody else, and never an
+        // empty tenant standing for "everyone".
+        let ids: Vec<RolloutId> = changed.iter().map(|s| s.id).collect();
+        let mut by_tenant = views::rollout_views_by_tenant(&self.server, &ids);
         for summary in changed {
-            let tenant = self.owner(&summary.policy).unwrap_or_default().to_owned();
-            match serde_json::to_value(&summary) {
-                Ok(data) => self.emit(PolicyEvent::ROLLOUT, &tenant, data),
-                Err(e) => tracing::error!(error = %e, "could not encode a rollout event"),
+            let mut per_tenant = by_tenant.remove(&summary.id).unwrap_or_default();
+            if let Some(owner) = self.owner(&summary.policy)
+                && !per_tenant.contains_key(owner)
+            {
+                let view = views::rollout_views(&self.server, &[summary.id], owner).pop();
+                if let Some(view) = view {
+                    per_tenant.insert(owner.to_owned(), view);
+                }
+            }
+            if per_tenant.is_empty() {
+                tracing::debug!(rollout = summary.id, policy = %summary.policy, "a rollout of no tenant changed state");
+            }
+            for (tenant, view) in per_tenant {
+                match serde_json::to_value(&view) {
+                    Ok(data) => self.emit(PolicyEvent::ROLLOUT, &tenant, data),
+                    Err(e) => tracing::error!(error = %e, "could not encode a rollout event"),
+                }
             }
         }
     }
@@ -480,8 +570,12 @@ impl<S: PolicyStore> Core<S> {
             "target_state": target.map(|t| t.state),
             "rollout": target.and_then(|t| t.rollout),
         });
-        let tenant = self.tenant_of_gateway(gateway_id);
-        self.emit(PolicyEvent::STATUS, &tenant, data);
+        // A status goes to its gateway's tenant; one from a gateway the server does not know
+        // belongs to no tenant and is not reported.
+        if let Some(gateway) = self.server.gateway(gateway_id) {
+            let tenant = gateway.tenant.clone();
+            self.emit(PolicyEvent::STATUS, &tenant, data);
+        }
         let rollouts: Vec<RolloutId> = before.into_iter().collect();
         self.sync_rollouts(Some(&rollouts));
         Ok(())
@@ -505,6 +599,7 @@ impl<S: PolicyStore + 'static> PolicyService<S> {
             server,
             updates,
             events: None,
+            directory: None,
             clock: Arc::new(SystemClock),
             config: PolicyServiceConfig::default(),
         }

@@ -139,14 +139,17 @@ impl<S: PolicyStore> Core<S> {
     ) -> Result<AssignResult> {
         validate_name(name)?;
         self.check_writable(name, &actor.tenant)?;
-        let stored = views::internal_target(&self.server, &actor.tenant, target)?;
+        let stored = views::internal_target(&actor.tenant, target, |id| {
+            self.may_name_gateway(id, &actor.tenant)
+        })?;
         let created = !self
             .server
             .assignments()
             .all()
-            .any(|a| a.policy == name && a.target == stored);
+            .any(|a| a.policy == name && a.target == stored && a.tenant == actor.tenant);
         let assignment = Assignment {
             policy: name.to_owned(),
+            tenant: actor.tenant.clone(),
             target: stored,
             version,
             assigned_at: now_ms,
@@ -180,12 +183,13 @@ impl<S: PolicyStore> Core<S> {
         now_ms: i64,
     ) -> Result<UnassignResult> {
         self.check_writable(name, &actor.tenant)?;
-        let stored = views::internal_target(&self.server, &actor.tenant, target)?;
+        // Any gateway id may be named here: only an assignment of the caller's tenant is removed.
+        let stored = views::internal_target(&actor.tenant, target, |_| true)?;
         let Some(existing) = self
             .server
             .assignments()
             .all()
-            .find(|a| a.policy == name && a.target == stored)
+            .find(|a| a.policy == name && a.target == stored && a.tenant == actor.tenant)
             .cloned()
         else {
             return Err(Error::UnknownAssignment {
@@ -219,15 +223,15 @@ impl<S: PolicyStore> Core<S> {
         for g in groups {
             views::validate_group(g)?;
         }
-        let existing = self.server.gateway(gateway_id).cloned();
-        if existing.as_ref().is_some_and(|g| g.tenant != actor.tenant) {
-            return Err(Error::UnknownGateway {
-                gateway_id: gateway_id.to_owned(),
-            });
-        }
-        // Groups set outside the service (without the tenant prefix) are kept.
-        let mut stored: Vec<String> = existing
-            .map(|g| g.groups)
+        self.require_gateway_of(gateway_id, &actor.tenant)?;
+        // Groups set outside the service (without the tenant prefix) are kept, within the
+        // tenant. A record of another tenant (only possible with a directory that provisions the
+        // gateway in the caller's tenant) keeps nothing: the server drops what it had.
+        let mut stored: Vec<String> = self
+            .server
+            .gateway(gateway_id)
+            .filter(|g| g.tenant == actor.tenant)
+            .map(|g| g.groups.clone())
             .unwrap_or_default()
             .into_iter()
             .filter(|g| views::local_group(&actor.tenant, g).is_none())
@@ -352,7 +356,7 @@ impl<S: PolicyStore> Core<S> {
             .all()
             .filter(|a| a.policy == name)
             .filter_map(|a| {
-                let target = views::visible_target(&self.server, tenant, &a.target)?;
+                let target = views::visible_target(tenant, a)?;
                 Some(views::assignment_view(a, target))
             })
             .collect();
@@ -374,7 +378,10 @@ impl<S: PolicyStore> Core<S> {
         let unknown = || Error::UnknownGateway {
             gateway_id: gateway_id.to_owned(),
         };
-        if !views::gateway_in_tenant(&self.server, gateway_id, tenant) {
+        // Recorded in the tenant, and (with a directory) still provisioned in it.
+        if !views::gateway_in_tenant(&self.server, gateway_id, tenant)
+            || !self.may_name_gateway(gateway_id, tenant)
+        {
             return Err(unknown());
         }
         let gateway = views::gateway_view(&self.server, gateway_id).ok_or_else(unknown)?;
@@ -502,9 +509,12 @@ impl<S: PolicyStore + 'static> PolicyService<S> {
     }
 
     /// Set the groups of a gateway of `actor`'s tenant (replacing the groups it had in that
-    /// tenant). An unknown gateway is registered in the tenant, so policies can be assigned
-    /// before it first connects. Its desired versions change at once. Audited as
-    /// `gateway.set_groups`.
+    /// tenant). Its desired versions change at once. Audited as `gateway.set_groups`.
+    ///
+    /// The gateway must be of the tenant ([`Error::UnknownGateway`] otherwise): with a
+    /// [`GatewayDirectory`](gateway_proto::auth::GatewayDirectory) that provisions it in the
+    /// tenant, a gateway that never connected is registered, so policies can be assigned before
+    /// it first connects; without a directory, only a gateway that connected in the tenant.
     pub async fn set_gateway_groups(
         &self,
         actor: &Principal,

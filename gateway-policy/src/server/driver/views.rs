@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::server::{
-    Assignment, PolicyServer, PolicyStore, RolloutId, RolloutState, Target, TargetState,
-    TargetStatus,
+    Assignment, PolicyServer, PolicyStore, RolloutId, RolloutState, RolloutSummary, Target,
+    TargetState, TargetStatus,
 };
 use crate::{Error, Result};
 
@@ -334,11 +334,12 @@ pub(crate) fn gateway_in_tenant<S: PolicyStore>(
         .is_some_and(|g| g.tenant == tenant)
 }
 
-/// The stored target an operator of `tenant` means.
-pub(crate) fn internal_target<S: PolicyStore>(
-    server: &PolicyServer<S>,
+/// The stored target an operator of `tenant` means; `gateway_of_tenant` says whether a gateway
+/// id may be named.
+pub(crate) fn internal_target(
     tenant: &str,
     target: &AssignTarget,
+    gateway_of_tenant: impl FnOnce(&str) -> bool,
 ) -> Result<Target> {
     match target {
         AssignTarget::Tenant(t) if t == tenant => Ok(Target::Tenant(t.clone())),
@@ -349,27 +350,23 @@ pub(crate) fn internal_target<S: PolicyStore>(
             validate_group(g)?;
             Ok(Target::Group(group_key(tenant, g)))
         }
-        AssignTarget::Gateway(id) if gateway_in_tenant(server, id, tenant) => {
-            Ok(Target::Gateway(id.clone()))
-        }
+        AssignTarget::Gateway(id) if gateway_of_tenant(id) => Ok(Target::Gateway(id.clone())),
         AssignTarget::Gateway(id) => Err(Error::UnknownGateway {
             gateway_id: id.clone(),
         }),
     }
 }
 
-/// The stored target as `tenant` sees it; `None` when it is outside the tenant.
-pub(crate) fn visible_target<S: PolicyStore>(
-    server: &PolicyServer<S>,
-    tenant: &str,
-    target: &Target,
-) -> Option<AssignTarget> {
-    match target {
+/// The target of an assignment as `tenant` sees it; `None` for another tenant's assignment
+/// (and for a group stored without the tenant prefix, made outside the service).
+pub(crate) fn visible_target(tenant: &str, assignment: &Assignment) -> Option<AssignTarget> {
+    if assignment.tenant != tenant {
+        return None;
+    }
+    match &assignment.target {
         Target::Tenant(t) => (t == tenant).then(|| AssignTarget::Tenant(t.clone())),
         Target::Group(g) => local_group(tenant, g).map(|g| AssignTarget::Group(g.to_owned())),
-        Target::Gateway(id) => {
-            gateway_in_tenant(server, id, tenant).then(|| AssignTarget::Gateway(id.clone()))
-        }
+        Target::Gateway(id) => Some(AssignTarget::Gateway(id.clone())),
     }
 }
 
@@ -422,6 +419,49 @@ pub(crate) fn gateway_view<S: PolicyStore>(
     })
 }
 
+/// A rollout's view with nothing counted yet.
+fn empty_view(s: RolloutSummary) -> RolloutView {
+    RolloutView {
+        id: s.id,
+        policy: s.policy,
+        version: s.version,
+        state: s.state,
+        abort_reason: s.abort_reason,
+        started_at_ms: s.started_at_ms,
+        total: 0,
+        released: 0,
+        pending: 0,
+        delivered: 0,
+        applied: 0,
+        rejected: 0,
+    }
+}
+
+impl RolloutView {
+    fn count(&mut self, t: &TargetStatus) {
+        self.total += 1;
+        self.released += usize::from(t.released);
+        match t.state {
+            TargetState::Pending => self.pending += 1,
+            TargetState::Delivered => self.delivered += 1,
+            TargetState::Applied => self.applied += 1,
+            TargetState::Rejected => self.rejected += 1,
+        }
+    }
+
+    /// The state over the counted targets: aborted stays aborted, else in progress while one is
+    /// pending or delivered.
+    fn settle(&mut self) {
+        if self.state != RolloutState::Aborted {
+            self.state = if self.pending + self.delivered > 0 {
+                RolloutState::InProgress
+            } else {
+                RolloutState::Completed
+            };
+        }
+    }
+}
+
 /// Rollouts counted over `tenant`'s gateways, in the order of `ids` (unknown ids are skipped).
 /// One pass over every target.
 pub(crate) fn rollout_views<S: PolicyStore>(
@@ -432,25 +472,7 @@ pub(crate) fn rollout_views<S: PolicyStore>(
     let mut views: BTreeMap<RolloutId, RolloutView> = ids
         .iter()
         .filter_map(|id| server.tracker().summary(*id))
-        .map(|s| {
-            (
-                s.id,
-                RolloutView {
-                    id: s.id,
-                    policy: s.policy,
-                    version: s.version,
-                    state: s.state,
-                    abort_reason: s.abort_reason,
-                    started_at_ms: s.started_at_ms,
-                    total: 0,
-                    released: 0,
-                    pending: 0,
-                    delivered: 0,
-                    applied: 0,
-                    rejected: 0,
-                },
-            )
-        })
+        .map(|s| (s.id, empty_view(s)))
         .collect();
     if views.is_empty() {
         return Vec::new();
@@ -459,31 +481,51 @@ pub(crate) fn rollout_views<S: PolicyStore>(
         let Some(view) = t.rollout.and_then(|r| views.get_mut(&r)) else {
             continue;
         };
-        if !gateway_in_tenant(server, &t.gateway_id, tenant) {
-            continue;
-        }
-        view.total += 1;
-        view.released += usize::from(t.released);
-        match t.state {
-            TargetState::Pending => view.pending += 1,
-            TargetState::Delivered => view.delivered += 1,
-            TargetState::Applied => view.applied += 1,
-            TargetState::Rejected => view.rejected += 1,
+        if gateway_in_tenant(server, &t.gateway_id, tenant) {
+            view.count(t);
         }
     }
     ids.iter()
         .filter_map(|id| views.remove(id))
-        .map(|mut v| {
-            if v.state != RolloutState::Aborted {
-                v.state = if v.pending + v.delivered > 0 {
-                    RolloutState::InProgress
-                } else {
-                    RolloutState::Completed
-                };
-            }
-            v
+        .map(|mut view| {
+            view.settle();
+            view
         })
         .collect()
+}
+
+/// Rollouts split by the tenant of their gateways: for each of `ids`, one view per tenant that
+/// has a gateway in it, counted over that tenant's gateways only. One pass over every target.
+pub(crate) fn rollout_views_by_tenant<S: PolicyStore>(
+    server: &PolicyServer<S>,
+    ids: &[RolloutId],
+) -> BTreeMap<RolloutId, BTreeMap<String, RolloutView>> {
+    let blanks: BTreeMap<RolloutId, RolloutView> = ids
+        .iter()
+        .filter_map(|id| server.tracker().summary(*id))
+        .map(|s| (s.id, empty_view(s)))
+        .collect();
+    let mut out: BTreeMap<RolloutId, BTreeMap<String, RolloutView>> = BTreeMap::new();
+    if blanks.is_empty() {
+        return out;
+    }
+    for t in server.tracker().targets() {
+        let Some(blank) = t.rollout.and_then(|r| blanks.get(&r)) else {
+            continue;
+        };
+        let Some(gateway) = server.gateway(&t.gateway_id) else {
+            continue;
+        };
+        out.entry(blank.id)
+            .or_default()
+            .entry(gateway.tenant.clone())
+            .or_insert_with(|| blank.clone())
+            .count(t);
+    }
+    out.values_mut()
+        .flat_map(|views| views.values_mut())
+        .for_each(RolloutView::settle);
+    out
 }
 
 /// A policy's rollout status over `tenant`'s gateways.

@@ -249,6 +249,41 @@ fn only_transient_rejections_are_retried_on_reconnect() {
 }
 
 #[test]
+fn a_target_the_server_cannot_send_is_rejected_and_stays_so() {
+    let mut t = RolloutTracker::new();
+    let staging = StagedRollout {
+        abort: Some(AbortRule {
+            rejected_percent: 50.0,
+            min_reported: 2,
+        }),
+        ..Default::default()
+    };
+    let id = t.start_rollout("fw", 2, gws(3), staging, 0).unwrap();
+    let released = t.release(1, |_| true);
+    assert_eq!(released.len(), 3);
+    for g in ["gw-000", "gw-001"] {
+        t.reject(g, "fw", ErrorCode::PayloadTooLarge, "too large to send");
+    }
+    let target = t.status("gw-000", "fw").unwrap();
+    assert_eq!(target.state, TargetState::Rejected);
+    assert_eq!(target.error_code, Some(ErrorCode::PayloadTooLarge));
+    assert_eq!(target.reason.as_deref(), Some("too large to send"));
+    assert_eq!(target.last_attempt_ms, None, "nothing was sent");
+    let s = t.summary(id).unwrap();
+    assert_eq!((s.rejected, s.pending), (2, 1));
+    assert!(s.abort_reason.is_some(), "it counts for the abort rule");
+    // A reconnect does not retry it: the document would not fit any better.
+    t.handle_report("gw-000", "fw", Some(1), false, 5);
+    assert_eq!(
+        t.status("gw-000", "fw").unwrap().state,
+        TargetState::Rejected
+    );
+    // Unknown targets are ignored.
+    t.reject("nobody", "fw", ErrorCode::PayloadTooLarge, "x");
+    assert!(t.status("nobody", "fw").is_none());
+}
+
+#[test]
 fn a_later_rollout_supersedes_targets_of_an_earlier_one() {
     let mut t = RolloutTracker::new();
     let staging = StagedRollout {
