@@ -867,3 +867,69 @@ async fn operator_actions_are_audited() {
         json!({"policy": "fw", "assignment": {"group": "eu"}})
     );
 }
+
+/// The review's reproduction over HTTP: acme names globex's provisioned gateway `gx-1` before
+/// and after it connects (groups, a gateway assignment, a read) and keeps publishing; every
+/// request is `404 not_found` and `gx-1` receives nothing.
+#[tokio::test]
+async fn another_tenants_gateway_cannot_be_named_over_http() {
+    let mut api = start().await;
+    api.fleet.add_gateways(&["gx-1"]);
+    api.post("/v1/policies/acme-evil", json!({"document": {"v": 1}}))
+        .await;
+    let name_gx1 = async |api: &Api| {
+        let put = api
+            .as_admin(
+                ACME,
+                Method::PUT,
+                "/v1/gateways/gx-1/groups",
+                Some(json!({"groups": ["evil"]})),
+            )
+            .await;
+        error(&put, 404, "not_found");
+        let assign = api
+            .post(
+                "/v1/policies/acme-evil/assignments",
+                json!({"target": {"gateway": "gx-1"}}),
+            )
+            .await;
+        error(&assign, 404, "not_found");
+        error(
+            &api.get("/v1/gateways/gx-1/policies").await,
+            404,
+            "not_found",
+        );
+    };
+    name_gx1(&api).await;
+    api.fleet.connect("gx-1", "globex").await;
+    name_gx1(&api).await;
+    api.post("/v1/policies/acme-evil", json!({"document": {"v": 2}}))
+        .await;
+    assert!(api.fleet.take_sent().is_empty());
+    assert_eq!(api.fleet.running_version("gx-1", "acme-evil"), None);
+    let own = api
+        .as_admin(GLOBEX, Method::GET, "/v1/gateways/gx-1/policies", None)
+        .await;
+    assert_eq!(own.status, 200, "{}", own.body);
+    assert_eq!(own.body["policies"], json!([]));
+}
+
+/// With the default limit (1 MiB frames): a document whose `policy_update` frame would not fit
+/// is refused with `413 payload_too_large` although the HTTP body limit (2 MB) lets it in.
+#[tokio::test]
+async fn a_document_too_large_for_a_frame_is_413() {
+    let api = start().await;
+    let document = json!({"pad": "x".repeat(1024 * 1024)});
+    let a = api
+        .post("/v1/policies/big", json!({"document": document}))
+        .await;
+    error(&a, 413, "payload_too_large");
+    let message = a.body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("1048576"), "{message}");
+    error(&api.get("/v1/policies/big").await, 404, "not_found");
+    let fits = json!({"pad": "x".repeat(1000 * 1024)});
+    let a = api
+        .post("/v1/policies/big", json!({"document": fits}))
+        .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+}

@@ -299,3 +299,132 @@ impl UpdatePlanner {
         Some(sig)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use gateway_proto::{Encoding, Limits, decode_frame};
+    use serde_json::json;
+
+    use super::*;
+    use crate::SqlitePolicyStore;
+
+    fn running(policy: &Policy) -> AppliedPolicy {
+        AppliedPolicy {
+            name: policy.name.clone(),
+            version: policy.version,
+            checksum: policy.checksum.clone(),
+        }
+    }
+
+    #[test]
+    fn the_frame_length_is_what_a_gateway_measures() {
+        let policy = Policy::new("fw", 3, json!({"pad": "é".repeat(500)}), 0, "ann", "").unwrap();
+        let signer = PolicySigner::from_bytes(&[3; 32]);
+        let update = build_update(&policy, None, Some(&signer));
+        let len = update_frame_len(&update);
+        let frame = ControlFrame::PolicyUpdate(update);
+        for encoding in [Encoding::Json, Encoding::Protobuf] {
+            let bytes = frame.encode(encoding);
+            assert!(bytes.len() <= len);
+            let exact = Limits {
+                max_frame_bytes: len,
+                ..Limits::default()
+            };
+            decode_frame(&bytes, encoding, &exact).unwrap();
+        }
+        let one_less = Limits {
+            max_frame_bytes: len - 1,
+            ..Limits::default()
+        };
+        assert!(
+            [Encoding::Json, Encoding::Protobuf]
+                .iter()
+                .any(|e| decode_frame(&frame.encode(*e), *e, &one_less).is_err()),
+            "the larger encoding is exactly at the limit"
+        );
+    }
+
+    #[test]
+    fn a_patch_over_the_limit_falls_back_to_the_full_document_if_that_fits() {
+        // Documents where the patch is a little smaller than the document, so the patch frame
+        // (with its base version and operation fields) is larger than the full one.
+        let store = SqlitePolicyStore::open_in_memory().unwrap();
+        let found = (0..80).find_map(|k| {
+            let name = format!("fw-{k}");
+            let a = json!({"keep": "k".repeat(k), "b": "x".repeat(300)});
+            let b = json!({"keep": "k".repeat(k), "b": "y".repeat(300)});
+            let v1 = store
+                .publish(&name, a, "ann", "", 0)
+                .unwrap()
+                .policy()
+                .clone();
+            let v2 = store
+                .publish(&name, b, "ann", "", 0)
+                .unwrap()
+                .policy()
+                .clone();
+            let patch = build_update(&v2, Some(&v1), None);
+            let full = build_update(&v2, None, None);
+            let is_patch = matches!(patch.content, PolicyContent::Patch { .. });
+            (is_patch && update_frame_len(&patch) > update_frame_len(&full))
+                .then(|| (v1, v2, update_frame_len(&full)))
+        });
+        let (v1, v2, full_len) = found.expect("such documents exist");
+        let mut planner = UpdatePlanner::new(None);
+        let unlimited = planner
+            .update_for(&store, &v2.name, 2, Some(&running(&v1)), false)
+            .unwrap();
+        assert!(matches!(unlimited.content, PolicyContent::Patch { .. }));
+
+        let mut planner = UpdatePlanner::new(None).with_max_frame_bytes(full_len);
+        let update = planner
+            .update_for(&store, &v2.name, 2, Some(&running(&v1)), false)
+            .unwrap();
+        assert!(matches!(update.content, PolicyContent::Full { .. }));
+        assert!(update_frame_len(&update) <= full_len);
+
+        let mut planner = UpdatePlanner::new(None).with_max_frame_bytes(full_len - 1);
+        match planner.update_for(&store, &v2.name, 2, Some(&running(&v1)), false) {
+            Err(Error::PolicyTooLarge {
+                frame_bytes, limit, ..
+            }) => assert_eq!((frame_bytes, limit), (full_len, full_len - 1)),
+            other => panic!("expected PolicyTooLarge, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_document_is_checked_before_it_is_published() {
+        let signer = PolicySigner::from_bytes(&[3; 32]);
+        let planner = UpdatePlanner::new(Some(signer.clone())).with_max_frame_bytes(2000);
+        planner
+            .check_document("fw", &json!({"pad": "x".repeat(1500)}))
+            .unwrap();
+        let e = planner
+            .check_document("fw", &json!({"pad": "x".repeat(2000)}))
+            .unwrap_err();
+        assert!(
+            matches!(e, Error::PolicyTooLarge { limit: 2000, .. }),
+            "{e}"
+        );
+        assert_eq!(e.code(), gateway_proto::ErrorCode::PayloadTooLarge);
+        // The estimate is never below the real frame: the largest version, a signature.
+        let store = SqlitePolicyStore::open_in_memory().unwrap();
+        let mut doc_len = 1800;
+        loop {
+            let document = json!({"pad": "x".repeat(doc_len)});
+            if planner.check_document("fw", &document).is_ok() {
+                store.publish("fw", document, "ann", "", 0).unwrap();
+                break;
+            }
+            doc_len -= 1;
+        }
+        let mut planner = UpdatePlanner::new(Some(signer)).with_max_frame_bytes(2000);
+        let update = planner.update_for(&store, "fw", 1, None, false).unwrap();
+        let len = update_frame_len(&update);
+        assert!(len <= 2000 && len > 1950, "{len}");
+        // Without a limit nothing is refused.
+        UpdatePlanner::new(None)
+            .check_document("fw", &json!({"pad": "x".repeat(2_000_000)}))
+            .unwrap();
+    }
+}

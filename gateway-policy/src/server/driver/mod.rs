@@ -533,14 +533,24 @@ impl<S: PolicyStore> Core<S> {
         applied: &[AppliedPolicy],
         now_ms: i64,
     ) -> Result<()> {
-        let updates = self.server.connect(gateway_id, tenant, applied, now_ms)?;
-        self.send_to(gateway_id, updates);
-        let rollouts: Vec<RolloutId> = self
+        // Rollouts the gateway was in before: it leaves them if it changed tenant.
+        let before: Vec<RolloutId> = self
             .server
             .tracker()
             .gateway(gateway_id)
             .filter_map(|t| t.rollout)
             .collect();
+        let updates = self.server.connect(gateway_id, tenant, applied, now_ms)?;
+        self.send_to(gateway_id, updates);
+        let mut rollouts: Vec<RolloutId> = self
+            .server
+            .tracker()
+            .gateway(gateway_id)
+            .filter_map(|t| t.rollout)
+            .collect();
+        rollouts.extend(before);
+        rollouts.sort_unstable();
+        rollouts.dedup();
         self.sync_rollouts(Some(&rollouts));
         Ok(())
     }
