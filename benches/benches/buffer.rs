@@ -30,7 +30,7 @@ fn record(n: usize) -> Record {
         "logs",
         "agent-0042",
         1_732_363_200_000 + n as i64,
-        Body::Json(json!({
+        Body::from(json!({
             "level": "info",
             "msg": "user session started on workstation pc-12 via rdp",
             "seq": n,

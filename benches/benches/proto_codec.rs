@@ -22,7 +22,7 @@ fn thousand_records() -> Batch {
             let body = if i % 3 == 2 {
                 Body::Raw(Bytes::from(vec![(i % 251) as u8; 200]))
             } else {
-                Body::Json(json!({
+                Body::from(json!({
                     "level": "info",
                     "msg": format!("user session {i} refreshed its token after 3600 s of activity"),
                     "pid": 4000 + i,

@@ -35,7 +35,7 @@ fn records(n: usize) -> Vec<Record> {
                 "logs",
                 "agent-7",
                 now,
-                Body::Json(serde_json::json!({
+                Body::from(serde_json::json!({
                     "level": "info", "seq": i, "host": "pc-12",
                     "msg": "user logged in from 10.0.0.12 via ssh; session opened for user admin by (uid=0) ok",
                     "pad": "x".repeat(100),

@@ -68,7 +68,7 @@ impl Source {
                     "logs",
                     "agent-7",
                     ts,
-                    Body::Json(serde_json::json!({"seq": self.seq, "msg": "m".repeat(160)})),
+                    Body::from(serde_json::json!({"seq": self.seq, "msg": "m".repeat(160)})),
                 )
                 .with_id(RecordId::from_uuid(id).unwrap())
             })

@@ -8,7 +8,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use gateway_proto::{Body, Record, RecordId};
+use gateway_proto::{Body, JsonText, Record, RecordId};
 use prost::encoding::{
     DecodeContext, WireType, decode_key, decode_varint, encode_key, encode_varint,
     encoded_len_varint, skip_field,
@@ -134,34 +134,6 @@ fn len_delimited_len(tag: u32, len: usize) -> usize {
     prost::encoding::key_len(tag) + encoded_len_varint(len as u64) + len
 }
 
-/// Field 6 (`json`): the JSON text serialized straight into `buf` behind a two-byte length
-/// placeholder, then the length written in place (moving the text when its varint is not two
-/// bytes long), so no scratch buffer or second serialization is needed.
-fn put_json(value: &serde_json::Value, buf: &mut Vec<u8>) {
-    encode_key(6, WireType::LengthDelimited, buf);
-    let at = buf.len();
-    buf.extend_from_slice(&[0, 0]);
-    // Writing a `serde_json::Value` into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *buf, value);
-    let len = buf.len() - at - 2;
-    match encoded_len_varint(len as u64) {
-        1 => {
-            buf[at] = len as u8;
-            buf.copy_within(at + 2.., at + 1);
-            buf.truncate(buf.len() - 1);
-        }
-        2 => {
-            buf[at] = (len as u8 & 0x7f) | 0x80;
-            buf[at + 1] = (len >> 7) as u8;
-        }
-        _ => {
-            let mut prefix = Vec::with_capacity(10);
-            encode_varint(len as u64, &mut prefix);
-            buf.splice(at..at + 2, prefix);
-        }
-    }
-}
-
 /// Append the protobuf encoding of `record` to `buf`.
 pub(crate) fn encode_record(record: &Record, buf: &mut Vec<u8>) {
     if let Some(id) = &record.id {
@@ -199,7 +171,7 @@ pub(crate) fn encode_record(record: &Record, buf: &mut Vec<u8>) {
         }
     }
     match &record.body {
-        Body::Json(value) => put_json(value, buf),
+        Body::Json(text) => put_len_delimited(6, text.as_str().as_bytes(), buf),
         Body::Raw(bytes) => put_len_delimited(7, bytes, buf),
     }
 }
@@ -210,7 +182,7 @@ pub(crate) struct DecodeError(pub(crate) String);
 
 /// Decode one stored record straight from its protobuf bytes — what `pb::Record::decode` and
 /// gateway-proto's `TryFrom` do together (a proptest holds it to that on arbitrary bytes),
-/// without the intermediate message: JSON is parsed from the slice, the id read in place.
+/// without the intermediate message: the JSON body is checked in place, the id read in place.
 /// Unknown fields are skipped, so records written by a newer release still read. Stored records
 /// always carry an id.
 pub(crate) fn decode_record(bytes: &[u8]) -> Result<Record, DecodeError> {
@@ -266,9 +238,9 @@ pub(crate) fn decode_record(bytes: &[u8]) -> Result<Record, DecodeError> {
             ))
         })?;
     let body = match body {
-        Some(RawBody::Json(text)) => Body::Json(
-            serde_json::from_str(text).map_err(|e| DecodeError(format!("body.json: {e}")))?,
-        ),
+        Some(RawBody::Json(text)) => {
+            Body::Json(JsonText::parse(text).map_err(|e| DecodeError(e.to_string()))?)
+        }
         Some(RawBody::Raw(bytes)) => Body::Raw(gateway_proto::Bytes::copy_from_slice(bytes)),
         None => return Err(DecodeError("body: missing".into())),
     };
@@ -349,7 +321,7 @@ mod tests {
         same_as_prost(&r);
         r = r.with_id(RecordId::new_v7());
         same_as_prost(&r);
-        let r = Record::new("logs", "a", -5, Body::Json(json!({"k": [1, "two", null]})))
+        let r = Record::new("logs", "a", -5, Body::from(json!({"k": [1, "two", null]})))
             .with_attribute("", "")
             .with_attribute("k", "")
             .with_attribute("", "v")
@@ -362,7 +334,7 @@ mod tests {
         for len in [
             0, 1, 100, 125, 126, 127, 128, 200, 16_380, 16_381, 16_382, 16_383, 16_384, 70_000,
         ] {
-            let r = Record::new("s", "a", 1, Body::Json(json!("x".repeat(len))));
+            let r = Record::new("s", "a", 1, Body::from(json!("x".repeat(len))));
             same_as_prost(&r);
         }
     }
@@ -370,7 +342,7 @@ mod tests {
     #[test]
     fn encode_assigns_ids_and_decodes_back() {
         let mut records = vec![
-            Record::new("logs", "a", 1, Body::Json(json!({"m": 1}))),
+            Record::new("logs", "a", 1, Body::from(json!({"m": 1}))),
             Record::new("logs", "a", 2, Body::Raw(Bytes::from_static(b"\x00\x01")))
                 .with_id(RecordId::new_v7()),
         ];
@@ -389,7 +361,7 @@ mod tests {
     #[test]
     fn chunks_extend_into_one_batch() {
         let mut records: Vec<Record> = (0..5)
-            .map(|i| Record::new("s", "a", i, Body::Json(json!(i))))
+            .map(|i| Record::new("s", "a", i, Body::from(json!(i))))
             .collect();
         let mut encoder = Encoder::default();
         let (head, tail) = records.split_at_mut(2);
@@ -441,7 +413,7 @@ mod tests {
             prop_oneof![
                 proptest::collection::vec(any::<u8>(), 0..64)
                     .prop_map(|b| Body::Raw(Bytes::from(b))),
-                (any::<i64>(), ".{0,16}").prop_map(|(n, s)| Body::Json(json!({"n": n, "s": s}))),
+                (any::<i64>(), ".{0,16}").prop_map(|(n, s)| Body::from(json!({"n": n, "s": s}))),
             ],
         )
             .prop_map(|(id, stream, source, ts, attributes, body)| Record {

@@ -115,8 +115,8 @@
 //! // Producers append; Ok means committed.
 //! let receipt = buffer
 //!     .append(vec![
-//!         Record::new("logs", "agent-7", 1_732_363_200_000, Body::Json(json!({"msg": "up"}))),
-//!         Record::new("logs", "agent-7", 1_732_363_200_001, Body::Json(json!({"msg": "bad"}))),
+//!         Record::new("logs", "agent-7", 1_732_363_200_000, Body::from(json!({"msg": "up"}))),
+//!         Record::new("logs", "agent-7", 1_732_363_200_001, Body::from(json!({"msg": "bad"}))),
 //!     ])
 //!     .await?;
 //! assert_eq!(receipt.ids.len(), 2);

@@ -360,9 +360,10 @@ async fn acs_event_sample_is_parsed_served_and_polled() {
         ["42970", "42976", "42980", "42984", "42987", "42991"]
     );
     // The item is kept whole, every field as sent.
-    let gateway_proto::Body::Json(body) = &first.body else {
+    let gateway_proto::Body::Json(json) = &first.body else {
         panic!("json body")
     };
+    let body = json.to_value().unwrap();
     assert_eq!(body["currentVerifyMode"], "cardOrFaceOrFp");
 
     // The sample verbatim as the device's answer.

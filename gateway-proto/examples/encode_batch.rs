@@ -13,7 +13,7 @@ fn main() -> Result<(), gateway_proto::Error> {
             "logs",
             "agent-7",
             now_ms,
-            Body::Json(json!({"level": "info", "msg": "agent started"})),
+            Body::from(json!({"level": "info", "msg": "agent started"})),
         )
         .with_id(RecordId::new_v7()),
         Record::new(
@@ -27,12 +27,12 @@ fn main() -> Result<(), gateway_proto::Error> {
             "metrics",
             "agent-7",
             now_ms + 2,
-            Body::Json(json!({"cpu": 12.5})),
+            Body::from(json!({"cpu": 12.5})),
         )
         .with_id(RecordId::new_v7())
         .with_attribute("host", "pc-12"),
         // A record that breaks a rule: stream names are lowercase.
-        Record::new("Bad Stream", "agent-7", now_ms + 3, Body::Json(json!(null))),
+        Record::new("Bad Stream", "agent-7", now_ms + 3, Body::from(json!(null))),
     ];
     let batch = Batch::new("gw-1", records);
     let limits = Limits::default();

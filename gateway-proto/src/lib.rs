@@ -5,6 +5,8 @@
 //! control-channel frames — each with a JSON and a protobuf encoding that carry the same data.
 //!
 //! * Domain types are plain Rust: [`Record`], [`Batch`], [`BatchAck`], [`ControlFrame`], ...
+//!   A record's JSON body is a [`JsonText`]: checked once where it enters, then carried as
+//!   text, never parsed again on the way.
 //! * [`WireMessage`] encodes and decodes them in either [`Encoding`]; decoding never panics and
 //!   returns an [`Error`] naming the offending field.
 //! * [`Limits`] holds every size limit and validation rule; [`decode_batch`] and
@@ -21,7 +23,7 @@
 //! use gateway_proto::{Batch, Body, Encoding, Limits, Record, RecordId, WireMessage, decode_batch};
 //! use serde_json::json;
 //!
-//! let record = Record::new("logs", "agent-7", 1_732_363_200_000, Body::Json(json!({"msg": "hi"})))
+//! let record = Record::new("logs", "agent-7", 1_732_363_200_000, Body::from(json!({"msg": "hi"})))
 //!     .with_id(RecordId::new_v7())
 //!     .with_attribute("host", "pc-12");
 //! let batch = Batch::new("gw-1", vec![record]);
@@ -49,6 +51,7 @@ mod codec;
 mod control;
 mod error;
 mod ids;
+mod json_text;
 mod limits;
 pub mod pb;
 mod record;
@@ -70,6 +73,7 @@ pub use control::{
 };
 pub use error::Error;
 pub use ids::{BatchId, CommandId, RecordId, SessionId};
+pub use json_text::JsonText;
 pub use limits::{DEFAULT_MIN_TIMESTAMP_MS, Limits, is_checksum};
 pub use record::{Batch, BatchAck, Body, ErrorBody, ErrorDetail, Record, Rejection};
 pub use version::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, negotiate_version};

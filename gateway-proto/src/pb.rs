@@ -3,7 +3,8 @@
 //!
 //! Domain → protobuf is infallible (`From`). Protobuf → domain is `TryFrom` and checks every
 //! structural rule: a required message or `oneof` is set, ids are 16 non-zero bytes, enums are
-//! known and not `UNSPECIFIED`, embedded JSON text parses. Errors name the field.
+//! known and not `UNSPECIFIED`, embedded JSON text parses (a record's JSON body is checked and
+//! kept as text, see [`JsonText`](crate::JsonText)). Errors name the field.
 
 #![allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
 
@@ -48,7 +49,7 @@ impl From<&d::Record> for Record {
             timestamp_ms: r.timestamp_ms,
             attributes: r.attributes.clone(),
             body: Some(match &r.body {
-                d::Body::Json(v) => record::Body::Json(json_text(v)),
+                d::Body::Json(text) => record::Body::Json(text.as_str().to_owned()),
                 d::Body::Raw(b) => record::Body::Raw(b.clone()),
             }),
         }
@@ -65,9 +66,7 @@ impl TryFrom<Record> for d::Record {
             Some(RecordId::from_wire(&r.id, "id")?)
         };
         let body = match r.body {
-            Some(record::Body::Json(text)) => {
-                d::Body::Json(parse_json(&text, "body.json", ErrorCode::InvalidBody)?)
-            }
+            Some(record::Body::Json(text)) => d::Body::Json(d::JsonText::from_string(text)?),
             Some(record::Body::Raw(bytes)) => d::Body::Raw(bytes),
             None => return Err(Error::missing("body")),
         };

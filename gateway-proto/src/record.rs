@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::{BatchId, ErrorCode, RecordId};
+use crate::{BatchId, ErrorCode, JsonText, RecordId};
 
 /// One record produced by an agent or a device.
 ///
@@ -18,7 +18,7 @@ use crate::{BatchId, ErrorCode, RecordId};
 /// ```
 ///
 /// `id` and `attributes` may be left out; `body` is either `{"json": <any JSON>}` or
-/// `{"raw": "<base64>"}`.
+/// `{"raw": "<base64>"}`. A JSON body is kept as its (compacted) text; see [`JsonText`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     /// Record id; `None` until the first gateway that stores the record assigns a UUIDv7.
@@ -74,40 +74,68 @@ impl Record {
 }
 
 /// The payload of a record.
+///
+/// A JSON body is a [`JsonText`]: checked once when it is built or decoded, then carried as
+/// text through every hop (see there for what is checked and what happens to whitespace).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Body {
-    /// A JSON document. In protobuf it travels as JSON text.
-    Json(serde_json::Value),
+    /// A JSON document, as text. In protobuf it travels as the same text.
+    Json(JsonText),
     /// Opaque bytes. In JSON they travel as standard base64 with padding.
     Raw(#[serde(with = "crate::base64_serde")] Bytes),
 }
 
 impl Body {
+    /// A JSON body holding the JSON form of `value` (any `Serialize` type, or a
+    /// `serde_json::Value`). Fails when `value` does not serialise to JSON or nests deeper than
+    /// 127 levels; see [`JsonText::from_serialize`].
+    pub fn json<T: Serialize + ?Sized>(value: &T) -> Result<Self, crate::Error> {
+        JsonText::from_serialize(value).map(Body::Json)
+    }
+
+    /// The JSON text, for a JSON body.
+    pub fn as_json(&self) -> Option<&JsonText> {
+        match self {
+            Body::Json(text) => Some(text),
+            Body::Raw(_) => None,
+        }
+    }
+
+    /// The bytes, for a raw body.
+    pub fn as_raw(&self) -> Option<&Bytes> {
+        match self {
+            Body::Json(_) => None,
+            Body::Raw(bytes) => Some(bytes),
+        }
+    }
+
     /// Size of the body on the protobuf wire: the JSON text length or the byte count.
     pub fn wire_len(&self) -> usize {
         match self {
-            Body::Json(value) => json_text_len(value),
+            Body::Json(text) => text.len(),
             Body::Raw(bytes) => bytes.len(),
         }
     }
 }
 
-fn json_text_len(value: &serde_json::Value) -> usize {
-    struct Counter(usize);
-    impl std::io::Write for Counter {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            self.0 += buf.len();
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
+impl From<JsonText> for Body {
+    fn from(text: JsonText) -> Self {
+        Body::Json(text)
     }
-    let mut counter = Counter(0);
-    // Writing a `Value` into an infallible writer cannot fail.
-    let _ = serde_json::to_writer(&mut counter, value);
-    counter.0
+}
+
+/// A JSON body holding `value`'s text (see [`JsonText::from_value`]).
+impl From<serde_json::Value> for Body {
+    fn from(value: serde_json::Value) -> Self {
+        Body::Json(JsonText::from_value(&value))
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(bytes: Bytes) -> Self {
+        Body::Raw(bytes)
+    }
 }
 
 /// A batch of records sent in one `POST /v1/records`.

@@ -28,7 +28,7 @@ fn golden_batch() -> Batch {
                 source: "agent-pc-12".into(),
                 timestamp_ms: 1_732_363_200_000,
                 attributes: BTreeMap::new(),
-                body: Body::Json(json!({"level": "info", "msg": "agent started", "pid": 4242})),
+                body: Body::from(json!({"level": "info", "msg": "agent started", "pid": 4242})),
             },
             Record {
                 id: RecordId::from_uuid(uuid(2)),
@@ -47,7 +47,7 @@ fn golden_batch() -> Batch {
                     ("host".to_string(), "pc-12".to_string()),
                     ("site".to_string(), "lisbon".to_string()),
                 ]),
-                body: Body::Json(json!({"cpu": 12.5, "mem_mb": 2048})),
+                body: Body::from(json!({"cpu": 12.5, "mem_mb": 2048})),
             },
             Record {
                 id: None,
@@ -55,7 +55,7 @@ fn golden_batch() -> Batch {
                 source: "agent-pc-12".into(),
                 timestamp_ms: 1_732_363_202_000,
                 attributes: BTreeMap::new(),
-                body: Body::Json(json!(["login", {"user": "ana"}])),
+                body: Body::from(json!(["login", {"user": "ana"}])),
             },
         ],
     }

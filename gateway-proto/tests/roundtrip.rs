@@ -43,7 +43,16 @@ fn record() -> impl Strategy<Value = Record> {
         any::<i64>(),
         string_map(),
         prop_oneof![
-            json_value().prop_map(Body::Json),
+            json_value().prop_map(Body::from),
+            // Texts as agents write them: pretty or compact, keys in any order.
+            (json_value(), any::<bool>()).prop_map(|(v, pretty)| {
+                let text = if pretty {
+                    serde_json::to_string_pretty(&v).unwrap()
+                } else {
+                    serde_json::to_string(&v).unwrap()
+                };
+                Body::Json(JsonText::parse(&text).unwrap())
+            }),
             prop::collection::vec(any::<u8>(), 0..64).prop_map(|v| Body::Raw(Bytes::from(v))),
         ],
     )
@@ -422,6 +431,27 @@ proptest! {
 
     #[test]
     fn error_bodies_round_trip(e in error_body()) { assert_round_trips(&e); }
+
+    #[test]
+    fn json_text_means_what_the_value_means(v in json_value()) {
+        // Pretty or compact, a body's text compacts to the value's own compact text and
+        // parses back to the value.
+        let compact = serde_json::to_string(&v).unwrap();
+        let pretty = JsonText::parse(&serde_json::to_string_pretty(&v).unwrap()).unwrap();
+        prop_assert_eq!(pretty.as_str(), compact.as_str());
+        prop_assert_eq!(pretty.to_value().unwrap(), v.clone());
+        prop_assert_eq!(JsonText::from_value(&v), pretty);
+    }
+
+    #[test]
+    fn json_text_accepts_what_a_value_accepts(text in r#"[ \[\]{}:,"a0-9.eE+\-tru\\]{0,16}"#) {
+        let value = serde_json::from_str::<Value>(&text);
+        let ours = JsonText::parse(&text);
+        prop_assert_eq!(ours.is_ok(), value.is_ok(), "{:?}", text);
+        if let (Ok(ours), Ok(value)) = (ours, value) {
+            prop_assert_eq!(ours.to_value().unwrap(), value);
+        }
+    }
 }
 
 // ------------------------------------------------------------------ hostile input

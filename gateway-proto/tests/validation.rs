@@ -8,7 +8,7 @@ use serde_json::json;
 const NOW: i64 = 1_732_363_200_000;
 
 fn good_record() -> Record {
-    Record::new("logs", "agent-1", NOW, Body::Json(json!({"ok": true}))).with_id(RecordId::new_v7())
+    Record::new("logs", "agent-1", NOW, Body::from(json!({"ok": true}))).with_id(RecordId::new_v7())
 }
 
 #[track_caller]
@@ -125,7 +125,7 @@ fn body_size_rules() {
         ErrorCode::BodyTooLarge,
     );
     // JSON bodies count their JSON text: `"0123456789abcdef"` is 18 bytes.
-    let json = Record::new("logs", "a", NOW, Body::Json(json!("0123456789abcdef")));
+    let json = Record::new("logs", "a", NOW, Body::from(json!("0123456789abcdef")));
     assert_invalid(
         limits.validate_record(&json, NOW),
         "body",

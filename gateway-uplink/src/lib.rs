@@ -56,7 +56,7 @@
 //! // The gateway: a buffer drained by the uplink.
 //! let buffer = Buffer::open(dir.path().join("buffer.db"), BufferConfig::default()).await?;
 //! let now = gateway_proto::clock::unix_ms(std::time::SystemTime::now());
-//! buffer.append((0..100).map(|i| Record::new("logs", "agent-1", now, Body::Json(i.into()))).collect()).await?;
+//! buffer.append((0..100).map(|i| Record::new("logs", "agent-1", now, Body::from(serde_json::Value::from(i)))).collect()).await?;
 //! let uplink = Uplink::start(buffer.clone(), UplinkConfig::new(url, "gw-1-token", "gw-1"))?;
 //!
 //! let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

@@ -338,7 +338,7 @@ mod tests {
                 "logs",
                 "a",
                 1_700_000_000_000 + i,
-                gateway_proto::Body::Json(serde_json::json!({"msg": "hello hello hello"})),
+                gateway_proto::Body::from(serde_json::json!({"msg": "hello hello hello"})),
             )
             .with_id(gateway_proto::RecordId::new_v7())
         };

@@ -31,8 +31,13 @@ fn context(tenant: &str) -> IngestContext {
 /// Record number `n` of the id space: the same `n` always has the same id.
 fn record(n: u16, stream: &str) -> Record {
     let id = uuid::Uuid::from_u128(0x4000_0000_0000_4000_8000_0000_0000_0000 | u128::from(n) << 20);
-    Record::new(stream, "agent", 1_750_000_000_000, Body::Json(n.into()))
-        .with_id(RecordId::from_uuid(id).unwrap())
+    Record::new(
+        stream,
+        "agent",
+        1_750_000_000_000,
+        Body::from(serde_json::Value::from(n)),
+    )
+    .with_id(RecordId::from_uuid(id).unwrap())
 }
 
 #[derive(Debug, Clone)]

@@ -18,7 +18,7 @@ pub fn record(n: u64) -> Record {
         "logs",
         "agent-1",
         T0,
-        Body::Json(json!({"n": n, "msg": "hello"})),
+        Body::from(json!({"n": n, "msg": "hello"})),
     )
 }
 

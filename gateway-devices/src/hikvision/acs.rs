@@ -12,7 +12,7 @@
 
 use std::collections::BTreeMap;
 
-use gateway_proto::{Body, Record, RecordId};
+use gateway_proto::{Body, JsonText, Record, RecordId};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
@@ -279,7 +279,7 @@ pub fn event_record(stream: &str, device_id: &str, item: &AcsEventItem) -> Recor
         stream,
         device_id,
         item.parsed_time.unix_ms,
-        Body::Json(item.raw.clone()),
+        Body::Json(JsonText::from_value(&item.raw)),
     );
     record.attributes = attributes;
     record.id = Some(event_record_id(device_id, item));

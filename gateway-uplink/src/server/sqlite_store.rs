@@ -155,7 +155,7 @@ pub struct RecordPage {
 ///     gateway_id: "gw-1".into(),
 ///     received_at_ms: 1_732_363_200_000,
 /// };
-/// let record = Record::new("logs", "agent-7", 1_732_363_200_000, Body::Json("hi".into()))
+/// let record = Record::new("logs", "agent-7", 1_732_363_200_000, Body::from(serde_json::json!("hi")))
 ///     .with_id(RecordId::new_v7());
 /// let first = store.store_records(&context, vec![record.clone()]).await?;
 /// let again = store.store_records(&context, vec![record]).await?;

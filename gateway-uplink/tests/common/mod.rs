@@ -37,7 +37,7 @@ pub fn record(i: usize) -> Record {
         "logs",
         "agent-7",
         now_ms(),
-        RecordBody::Json(serde_json::json!({"seq": i, "msg": "x".repeat(180)})),
+        RecordBody::from(serde_json::json!({"seq": i, "msg": "x".repeat(180)})),
     )
     .with_id(RecordId::new_v7())
     .with_attribute("host", "pc-12")
