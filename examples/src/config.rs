@@ -132,6 +132,17 @@ mod tests {
     }
 
     #[test]
+    fn a_partial_collector_section_keeps_the_gateway_defaults() {
+        let config =
+            parse::<GatewayConfig>("[collector.limits]\nmax_records_per_batch = 100\n").unwrap();
+        let receiver = config.collector.receiver();
+        assert_eq!(receiver.limits.max_records_per_batch, 100);
+        assert_eq!(receiver.ingest_roles, vec![Role::Agent]);
+        let requests = receiver.rate_limit.requests.unwrap();
+        assert_eq!(requests.per_second, 2_000.0);
+    }
+
+    #[test]
     fn unknown_keys_are_named() {
         // Sections whose library refuses unknown fields itself name the field and line…
         let err = parse::<GatewayConfig>("[buffer]\nquota = 5\n").unwrap_err();

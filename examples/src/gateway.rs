@@ -63,7 +63,7 @@ pub struct GatewayConfig {
     /// Agent registry: heartbeat interval, limits.
     pub agents: AgentServiceConfig,
     /// Limits and rate limits of the collector's `POST /v1/records`.
-    pub collector: ReceiverConfig,
+    pub collector: CollectorConfig,
     /// Back-pressure answers of the collector.
     pub collector_sink: BufferSinkConfig,
     /// Policy verification (Ed25519 public key).
@@ -90,21 +90,7 @@ impl Default for GatewayConfig {
             uplink: UplinkConfig::default(),
             control: GatewayClientConfig::default(),
             agents: AgentServiceConfig::default(),
-            collector: ReceiverConfig {
-                ingest_roles: vec![Role::Agent],
-                // A site-wide agent token is one principal for every agent of the site.
-                rate_limit: gateway_uplink::server::RateLimitConfig {
-                    requests: Some(gateway_uplink::server::BucketConfig {
-                        per_second: 2_000.0,
-                        burst: 4_000.0,
-                    }),
-                    records: Some(gateway_uplink::server::BucketConfig {
-                        per_second: 200_000.0,
-                        burst: 400_000.0,
-                    }),
-                },
-                ..ReceiverConfig::default()
-            },
+            collector: CollectorConfig::default(),
             collector_sink: BufferSinkConfig::default(),
             policy: ApplierConfig::default(),
             agent_policy: "agents".into(),
@@ -112,6 +98,58 @@ impl Default for GatewayConfig {
             device_poll_ms: 2_000,
             status_interval_ms: 5_000,
             shutdown_flush_ms: 10_000,
+        }
+    }
+}
+
+/// The collector's settings. Only agents may post; every field defaults on its own, so a
+/// file that sets one keeps the others.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CollectorConfig {
+    /// Size and validation limits of batches from agents.
+    pub limits: gateway_proto::Limits,
+    /// Requests per second per principal. A site-wide agent token is one principal for every
+    /// agent of the site. Default 2,000.
+    pub requests_per_second: f64,
+    /// Burst of requests. Default 4,000.
+    pub request_burst: f64,
+    /// Records per second per principal. Default 200,000.
+    pub records_per_second: f64,
+    /// Burst of records. Default 400,000.
+    pub record_burst: f64,
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        CollectorConfig {
+            limits: gateway_proto::Limits::default(),
+            requests_per_second: 2_000.0,
+            request_burst: 4_000.0,
+            records_per_second: 200_000.0,
+            record_burst: 400_000.0,
+        }
+    }
+}
+
+impl CollectorConfig {
+    /// The receiver configuration: agents only, these limits.
+    pub fn receiver(&self) -> ReceiverConfig {
+        use gateway_uplink::server::{BucketConfig, RateLimitConfig};
+        ReceiverConfig {
+            limits: self.limits.clone(),
+            rate_limit: RateLimitConfig {
+                requests: Some(BucketConfig {
+                    per_second: self.requests_per_second,
+                    burst: self.request_burst,
+                }),
+                records: Some(BucketConfig {
+                    per_second: self.records_per_second,
+                    burst: self.record_burst,
+                }),
+            },
+            ingest_roles: vec![Role::Agent],
+            ..ReceiverConfig::default()
         }
     }
 }
@@ -323,7 +361,7 @@ pub async fn start(options: GatewayOptions) -> anyhow::Result<Gateway> {
         BufferSink::new(buffer, config.collector_sink.clone()),
         agent_auth.clone(),
     )
-    .config(config.collector.clone())
+    .config(config.collector.receiver())
     .into_router()
     .context("building the collector")?;
     let policy = policy_router(reader).layer(middleware::from_fn_with_state(
