@@ -29,7 +29,7 @@ use gateway_control::server::{
     CommandFilter, EventLog, EventLogConfig, Hub, HubConfig, NewCommand, QueueConfig,
     SqliteCommandQueue,
 };
-use gateway_proto::auth::{Authenticator, Principal, Role};
+use gateway_proto::auth::{Authenticator, GatewayDirectory, Principal, Role};
 use gateway_proto::clock::{Clock, SystemClock};
 
 const ROLE: &str = "CONTROL_SCALE_ROLE";
@@ -43,6 +43,13 @@ impl Authenticator for BenchTokens {
     fn authenticate(&self, token: &str) -> Option<Principal> {
         let gateway = token.strip_prefix("tok-")?;
         Some(Principal::new("bench", gateway, Role::Gateway))
+    }
+}
+
+/// Every `gw-N` is provisioned in tenant `bench`.
+impl GatewayDirectory for BenchTokens {
+    fn tenant_of(&self, gateway_id: &str) -> Option<String> {
+        gateway_id.starts_with("gw-").then(|| "bench".to_owned())
     }
 }
 
@@ -143,13 +150,15 @@ fn server() {
             clock.clone(),
         )
         .expect("event log");
-        let hub = Hub::new(
+        let hub = Hub::builder(
             HubConfig::default(),
             Arc::new(queue),
             events.clone(),
             Arc::new(BenchTokens),
             clock,
         )
+        .directory(Arc::new(BenchTokens))
+        .build()
         .expect("hub");
         hub.spawn_timers();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -238,9 +247,9 @@ fn server() {
             loop {
                 let done = hub
                     .commands(&CommandFilter {
-                        gateway_id: None,
                         state: Some(CommandState::Succeeded),
                         limit: count + 1,
+                        ..CommandFilter::default()
                     })
                     .expect("list")
                     .len();
@@ -253,9 +262,9 @@ fn server() {
         let all_succeeded = start.elapsed();
         let stored = hub
             .commands(&CommandFilter {
-                gateway_id: None,
                 state: Some(CommandState::Succeeded),
                 limit: count + 1,
+                ..CommandFilter::default()
             })
             .expect("list")
             .len();

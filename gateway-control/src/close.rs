@@ -27,6 +27,13 @@ pub enum CloseReason {
     Superseded,
     /// The application asked for it.
     Requested,
+    /// Server side: the gateway's token names a tenant the server does not place the gateway
+    /// in (its gateway directory, or the tenant the gateway id is already registered under).
+    NotProvisioned,
+    /// Server side: the gateway did not take the frames sent to it (its connection's queue
+    /// filled, or one frame could not be written within the silence limit). Commands it did
+    /// not get are redelivered on its next session.
+    Backlogged,
 }
 
 impl fmt::Display for CloseReason {
@@ -46,6 +53,10 @@ impl fmt::Display for CloseReason {
             CloseReason::ProtocolError(why) => write!(f, "protocol error: {why}"),
             CloseReason::Superseded => f.write_str("replaced by a newer session"),
             CloseReason::Requested => f.write_str("closed by the application"),
+            CloseReason::NotProvisioned => {
+                f.write_str("the gateway is not provisioned in its token's tenant")
+            }
+            CloseReason::Backlogged => f.write_str("the gateway did not take its frames in time"),
         }
     }
 }

@@ -95,6 +95,38 @@ pub enum Error {
         /// The gateway that reported.
         gateway_id: String,
     },
+    /// The gateway is not provisioned in the caller's tenant (the server's gateway directory
+    /// does not place it there, or, without a directory, it never connected under that
+    /// tenant). Deliberately the same whether another tenant has it or nobody does.
+    #[error(
+        "gateway `{gateway_id}` is not known (it must be provisioned in your tenant; without a gateway directory the server only knows gateways that connected since it started)"
+    )]
+    UnknownGateway {
+        /// The gateway id that was named.
+        gateway_id: String,
+    },
+    /// A gateway's credentials name a tenant the server does not place it in: its control
+    /// session or REST call is refused.
+    #[error(
+        "gateway `{gateway_id}` is not provisioned in tenant `{tenant}`: check the gateway's token against the server's gateway directory"
+    )]
+    GatewayNotAdmitted {
+        /// The gateway (from its token).
+        gateway_id: String,
+        /// The tenant its token names.
+        tenant: String,
+    },
+    /// A command whose `command` frame would be larger than the control channel carries
+    /// (`limits.max_frame_bytes`); the gateway could never receive it.
+    #[error(
+        "the command frame would be {size} bytes, more than the {limit} bytes the control channel carries (`max_frame_bytes`): send a smaller payload, or a reference to the data"
+    )]
+    CommandTooLarge {
+        /// Encoded size of the frame (the larger of its JSON and protobuf encodings).
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// The gateway has no live control session on this server.
     #[error("gateway `{gateway_id}` is not connected")]
     NotConnected {
@@ -181,15 +213,19 @@ impl Error {
         match self {
             Error::Proto(e) => e.code(),
             Error::UnknownCommand { .. }
+            | Error::UnknownGateway { .. }
             | Error::NotConnected { .. }
             | Error::UnknownAgent { .. } => ErrorCode::NotFound,
-            Error::WrongGateway { .. } | Error::AgentOfOtherTenant { .. } => ErrorCode::Forbidden,
+            Error::WrongGateway { .. }
+            | Error::AgentOfOtherTenant { .. }
+            | Error::GatewayNotAdmitted { .. } => ErrorCode::Forbidden,
             Error::TooManyAgents { .. } => ErrorCode::Conflict,
             Error::AgentQueueFull { .. } => ErrorCode::Unavailable,
             Error::CommandFinished { .. } | Error::CancelRequiresForce { .. } => {
                 ErrorCode::Conflict
             }
             Error::InvalidRequest { .. } | Error::InvalidConfig { .. } => ErrorCode::InvalidRequest,
+            Error::CommandTooLarge { .. } => ErrorCode::PayloadTooLarge,
             Error::FrameNotAllowed { .. } | Error::NotEstablished { .. } => {
                 ErrorCode::UnexpectedFrame
             }

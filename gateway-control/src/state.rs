@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 /// queued → sent → received → in_progress → succeeded | failed | rejected
 ///   │        │        └──────────┴──────→ timed_out   (no outcome within the step timer)
 ///   └────────┴──────────────────────────→ expired     (not received before its delivery deadline)
-///   └── canceled (plain)    sent/received/in_progress ── canceled (force only)
+///   └─ queued/sent ── canceled (plain)    received/in_progress ── canceled (force only)
 /// ```
 ///
 /// States only move forward ([`CommandState::rank`]); the six terminal states never change.
@@ -33,13 +33,15 @@ pub enum CommandState {
     Succeeded,
     /// Finished with an error (terminal).
     Failed,
-    /// Refused by the gateway without running (terminal).
+    /// Refused without running (terminal): by the gateway, or by the server when the
+    /// command's frame is too large for the control channel.
     Rejected,
     /// Not received before its delivery deadline (terminal).
     Expired,
     /// Received, but no outcome within its execution timeout (terminal).
     TimedOut,
-    /// Canceled by an operator (terminal).
+    /// Canceled by an operator (terminal). A command canceled after it was `sent` may still
+    /// run on the gateway; its later acknowledgements are recorded, never applied.
     Canceled,
 }
 

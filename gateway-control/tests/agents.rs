@@ -670,13 +670,16 @@ impl ControlServer {
                 let clock: Arc<dyn Clock> = Arc::new(SystemClock);
                 let queue = SqliteCommandQueue::open(queue_path, QueueConfig::default()).unwrap();
                 let events = EventLog::in_memory(EventLogConfig::default(), clock.clone()).unwrap();
-                let hub = Hub::new(
+                let tokens = tokens();
+                let hub = Hub::builder(
                     HubConfig::default(),
                     Arc::new(queue),
                     events,
-                    tokens(),
+                    tokens.clone(),
                     clock,
                 )
+                .directory(tokens)
+                .build()
                 .unwrap();
                 hub.spawn_timers();
                 let app = hub.router();

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use gateway_proto::{Command, ControlFrame, ErrorFrame, Hello, SessionId};
 
-use super::plane::{ControlPlane, PlaneRequest};
+use super::plane::{ControlPlane, PlaneRequest, frame_len};
 use super::queue::Resend;
 use super::session::{ServerEvent, ServerSession};
 use crate::{CloseReason, Error};
@@ -40,9 +40,16 @@ pub enum ConnectionEvent {
 /// and asks for every unfinished command again; heartbeats update presence; acknowledgements
 /// become queue requests; the end of the session updates presence.
 ///
+/// Every queue request names the gateway *and* the tenant of the session's principal, so the
+/// session is only ever handed, and only ever finishes, commands of its own tenant. A gateway
+/// the plane does not admit ([`ControlPlane::admit`]) is refused at the handshake
+/// ([`check_admission`](Self::check_admission)) or, at the latest, when its session would
+/// start: an `error` frame (`forbidden`) and a close ([`CloseReason::NotProvisioned`]).
+///
 /// # Calling it
 ///
-/// After every input to the session: [`drive`](Self::drive) (presence and events), then
+/// Once, before the first frame: [`check_admission`](Self::check_admission). After every
+/// input to the session: [`drive`](Self::drive) (presence and events), then
 /// answer each [`poll_request`](Self::poll_request) with [`ControlPlane::apply`] and hand the
 /// answer to [`handle_reply`](Self::handle_reply) — in order; the hub batches many
 /// connections' requests into one transaction — then drain the session's transmits.
@@ -52,16 +59,46 @@ pub struct ServerConnection {
     session: ServerSession,
     epoch: Option<u64>,
     requests: VecDeque<PlaneRequest>,
+    max_frame_bytes: Option<usize>,
 }
 
 impl ServerConnection {
-    /// Wrap a new session.
+    /// Wrap a new session. Command frames are not size-checked until
+    /// [`with_max_frame_bytes`](Self::with_max_frame_bytes).
     pub fn new(session: ServerSession) -> Self {
         ServerConnection {
             session,
             epoch: None,
             requests: VecDeque::new(),
+            max_frame_bytes: None,
         }
+    }
+
+    /// Never send a `command` frame larger than this (the `max_frame_bytes` gateways
+    /// accept; measured as the larger of its JSON and protobuf encodings): such a command is
+    /// failed as `rejected`, with the sizes in its detail, instead of being sent — a gateway
+    /// would refuse the frame and reconnect, again and again until the delivery deadline.
+    pub fn with_max_frame_bytes(mut self, max_frame_bytes: usize) -> Self {
+        self.max_frame_bytes = Some(max_frame_bytes);
+        self
+    }
+
+    /// Check the session's principal with [`ControlPlane::admit`]; a gateway that is not
+    /// admitted gets its `hello` refused ([`ServerSession::refuse_hello`]) instead of a
+    /// `welcome`.
+    pub fn check_admission(&mut self, plane: &ControlPlane) {
+        if let Err(e) = plane.admit(self.session.principal()) {
+            self.session
+                .refuse_hello(e.code(), e.to_string(), CloseReason::NotProvisioned);
+        }
+    }
+
+    fn gateway_id(&self) -> String {
+        self.session.gateway_id().to_owned()
+    }
+
+    fn tenant(&self) -> String {
+        self.session.principal().tenant.clone()
     }
 
     /// The session.
@@ -80,10 +117,33 @@ impl ServerConnection {
     }
 
     /// Send commands over the session; ones that cannot go now stay unconfirmed in the queue
-    /// and are redelivered.
+    /// and are redelivered. One whose frame is larger than
+    /// [`with_max_frame_bytes`](Self::with_max_frame_bytes) allows is not sent: a
+    /// [`PlaneRequest::Refuse`] turns it `rejected`.
     pub fn send_commands(&mut self, commands: Vec<Command>) {
         for command in commands {
-            if let Err(e) = self.session.send(ControlFrame::Command(command)) {
+            let frame = ControlFrame::Command(command);
+            if let Some(limit) = self.max_frame_bytes {
+                let size = frame_len(&frame);
+                if size > limit {
+                    let ControlFrame::Command(command) = frame else {
+                        continue;
+                    };
+                    tracing::warn!(id = %command.id, size, limit, "command frame too large; rejected instead of sent");
+                    self.requests.push_back(PlaneRequest::Refuse {
+                        gateway_id: self.gateway_id(),
+                        tenant: self.tenant(),
+                        id: command.id,
+                        detail: format!(
+                            "refused by the server: the command frame is {size} bytes, more than \
+                             the {limit} bytes the control channel carries (max_frame_bytes); \
+                             it was never sent"
+                        ),
+                    });
+                    continue;
+                }
+            }
+            if let Err(e) = self.session.send(frame) {
                 tracing::debug!(error = %e, "command not sent now; it will be redelivered");
             }
         }
@@ -93,7 +153,8 @@ impl ServerConnection {
     pub fn request_delivery(&mut self) {
         if self.session.is_established() {
             self.requests.push_back(PlaneRequest::Deliver {
-                gateway_id: self.session.gateway_id().to_owned(),
+                gateway_id: self.gateway_id(),
+                tenant: self.tenant(),
                 resend: Resend::Nothing,
             });
         }
@@ -140,12 +201,24 @@ impl ServerConnection {
                 ServerEvent::Established {
                     hello, session_id, ..
                 } => {
-                    let epoch = plane.session_started(
+                    let started = plane.session_started(
                         self.session.principal(),
                         &hello,
                         session_id,
                         heartbeat_interval_ms,
                     );
+                    let epoch = match started {
+                        Ok(epoch) => epoch,
+                        Err(e) => {
+                            // Its `Closed` event follows in this loop.
+                            self.session.close_with_error(
+                                e.code(),
+                                e.to_string(),
+                                CloseReason::NotProvisioned,
+                            );
+                            continue;
+                        }
+                    };
                     self.epoch = Some(epoch);
                     out.push(ConnectionEvent::Established {
                         session_id,
@@ -154,6 +227,7 @@ impl ServerConnection {
                     });
                     self.requests.push_back(PlaneRequest::Deliver {
                         gateway_id,
+                        tenant: self.tenant(),
                         resend: Resend::Unfinished,
                     });
                 }
@@ -166,8 +240,11 @@ impl ServerConnection {
                     if let Some(epoch) = self.epoch {
                         plane.seen(&gateway_id, epoch, None);
                     }
-                    self.requests
-                        .push_back(PlaneRequest::Ack { gateway_id, ack });
+                    self.requests.push_back(PlaneRequest::Ack {
+                        gateway_id,
+                        tenant: self.tenant(),
+                        ack,
+                    });
                 }
                 ServerEvent::Frame(frame) => out.push(ConnectionEvent::Frame(frame)),
                 ServerEvent::Closed { reason, .. } => {

@@ -8,8 +8,18 @@
 //! the broadcast under the same lock publishing takes.
 //!
 //! This crate publishes `command.state`, `command.progress`, `command.ack_ignored`,
-//! `gateway.online` and `gateway.offline`; other components publish their own kinds (policy
-//! rollouts, audit) with [`EventLog::publish`].
+//! `gateway.online` and `gateway.offline`, each under the tenant of its command or gateway;
+//! other components publish their own kinds (policy rollouts, audit) with
+//! [`EventLog::publish`].
+//!
+//! # Tenants
+//!
+//! Every event names the tenant it belongs to, and the operator stream
+//! ([`super::event_routes`]) shows an operator only their own tenant's events. An event
+//! published with tenant `None` reaches **no operator**: it is for in-process subscribers
+//! ([`EventLog::subscribe`], [`EventLog::since`]) only. Publish anything an operator should
+//! see under its tenant — there is no "everyone" tenant, so a forgotten tenant can never leak
+//! one tenant's data to another.
 
 use std::collections::VecDeque;
 use std::path::Path;
@@ -31,7 +41,8 @@ pub struct LoggedEvent {
     pub kind: String,
     /// When, ms since the epoch.
     pub at_ms: i64,
-    /// Tenant the event belongs to; `None` for events every operator may see.
+    /// Tenant the event belongs to. `None`: a server-internal event, shown to no operator on
+    /// the SSE stream (see the [module docs](self)).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
     /// The payload (the SSE `data:` field is this, as JSON).
@@ -199,8 +210,9 @@ impl EventLog {
         }
     }
 
-    /// Publish an event; returns its id. Persisting failures are logged, never returned: the
-    /// event still reaches live subscribers.
+    /// Publish an event under `tenant` (only that tenant's operators see it on the SSE
+    /// stream; `None`: no operator does); returns its id. Persisting failures are logged,
+    /// never returned: the event still reaches live subscribers.
     pub fn publish(&self, kind: &str, tenant: Option<&str>, data: serde_json::Value) -> u64 {
         let mut state = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
         let event = Arc::new(LoggedEvent {

@@ -1,13 +1,21 @@
 //! HTTP endpoints (axum): the WebSocket upgrade, the REST fallback, the operator API for
 //! commands and presence, and the SSE event stream. Every error answer is an
-//! [`ErrorBody`] with a stable code.
+//! [`ErrorBody`] with a stable code — including a query string, path or body the extractors
+//! refuse (`?limit=abc` is 400 `invalid_request`, a body over the size limit 413
+//! `payload_too_large`), never axum's plain-text rejections.
+//!
+//! Tenancy: an operator sees and acts on their own tenant's gateways, commands and events
+//! only; a gateway or command of another tenant answers 404 `not_found`, exactly as one that
+//! does not exist. A gateway's REST calls are refused (403 `forbidden`) when its token names
+//! a tenant the server's gateway directory does not place it in.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -20,6 +28,7 @@ use gateway_proto::{
     SUBPROTOCOL_JSON, SUBPROTOCOL_PROTOBUF,
 };
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::events::{EventLog, LoggedEvent};
@@ -107,9 +116,84 @@ fn parse_command_id(text: &str) -> Result<CommandId, ApiError> {
 }
 
 /// JSON body extraction answering with an [`ErrorBody`].
-fn json_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+fn json_body<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::new(ErrorCode::MalformedBody, format!("malformed JSON: {e}")))
+}
+
+/// An axum extractor rejection as an [`ErrorBody`]: 413 stays `payload_too_large`, 415
+/// `unsupported_media_type`, a server-side failure `internal`, anything else `fallback`.
+fn rejection(status: StatusCode, text: String, what: &str, fallback: ErrorCode) -> ApiError {
+    let code = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::PayloadTooLarge,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedMediaType,
+        s if s.is_server_error() => ErrorCode::Internal,
+        _ => fallback,
+    };
+    ApiError::new(code, format!("{what}: {text}"))
+}
+
+/// [`Query`] answering a bad query string with 400 `invalid_request` in an [`ErrorBody`].
+struct ApiQuery<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(value)| ApiQuery(value))
+            .map_err(|e| {
+                rejection(
+                    e.status(),
+                    e.body_text(),
+                    "bad query string",
+                    ErrorCode::InvalidRequest,
+                )
+            })
+    }
+}
+
+/// [`Path`] answering an undecodable path segment with 400 `invalid_request`.
+struct ApiPath<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(value)| ApiPath(value))
+            .map_err(|e| {
+                rejection(
+                    e.status(),
+                    e.body_text(),
+                    "bad path",
+                    ErrorCode::InvalidRequest,
+                )
+            })
+    }
+}
+
+/// The raw body, answering one over the body limit with 413 `payload_too_large`.
+struct ApiBody(axum::body::Bytes);
+
+impl<S: Send + Sync> FromRequest<S> for ApiBody {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, ApiError> {
+        axum::body::Bytes::from_request(request, state)
+            .await
+            .map(ApiBody)
+            .map_err(|e| {
+                rejection(
+                    e.status(),
+                    e.body_text(),
+                    "could not read the body",
+                    ErrorCode::MalformedBody,
+                )
+            })
+    }
 }
 
 impl Hub {
@@ -125,10 +209,26 @@ impl Hub {
             .with_state(self.clone())
     }
 
-    /// The operator routes (admin token): `POST /v1/gateways/{id}/commands` (enqueue),
-    /// `GET /v1/commands/{id}` (state and acknowledgement history),
-    /// `POST /v1/commands/{id}/cancel?force=`, `GET /v1/commands?gateway_id=&state=&limit=`,
-    /// `GET /v1/gateways` and `GET /v1/gateways/{id}` (presence).
+    /// The operator routes (admin token), each scoped to the caller's tenant:
+    ///
+    /// * `POST /v1/gateways/{id}/commands` — enqueue; body `{"kind", "payload", "priority",
+    ///   "target", "delivery_deadline_ms", "execution_timeout_ms"}` (only `kind` required).
+    ///   201 with the stored command. 404 `not_found` when `{id}` is not a gateway of the
+    ///   caller's tenant (the same answer whether another tenant has it or nobody does; see
+    ///   [`Hub`] for how gateways are known); 413 `payload_too_large` when the `command` frame
+    ///   would exceed `limits.max_frame_bytes`; 400 for a bad body or timer.
+    /// * `GET /v1/commands/{id}` — `{"command", "acks"}` (state and acknowledgement history).
+    /// * `POST /v1/commands/{id}/cancel?force=` — a `queued` or `sent` command cancels
+    ///   plainly; a `received` or `in_progress` one needs `force=true`. Either way the gateway
+    ///   may already hold it and run it (its later acknowledgements are recorded, never applied);
+    ///   409 `conflict` for a finished command or one that needs force.
+    /// * `GET /v1/commands?gateway_id=&state=&limit=` — the caller's tenant's commands,
+    ///   newest first (`limit` default 100, at most 1,000).
+    /// * `GET /v1/gateways` and `GET /v1/gateways/{id}` — presence of the caller's tenant's
+    ///   gateways.
+    ///
+    /// Another tenant's command is 404 `not_found` on every route. Bad query strings are 400
+    /// `invalid_request`, bodies over axum's body limit 413 — all as [`ErrorBody`] JSON.
     pub fn operator_router(&self) -> Router {
         Router::new()
             .route("/v1/gateways/{id}/commands", post(op_enqueue))
@@ -186,16 +286,16 @@ impl From<gateway_proto::Error> for ApiError {
 
 async fn rest_heartbeat(
     State(hub): State<Hub>,
-    Path(gateway_id): Path<String>,
+    ApiPath(gateway_id): ApiPath<String>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<Json<RestHeartbeatAck>, ApiError> {
     let principal = authenticate(&headers, hub.authenticator().as_ref())?;
     require_gateway(&principal, &gateway_id)?;
     let heartbeat: Heartbeat = json_body(&body)?;
     let interval = hub.config().session.heartbeat_interval_ms;
     hub.plane()
-        .rest_heartbeat(&principal, heartbeat.status, interval);
+        .rest_heartbeat(&principal, heartbeat.status, interval)?;
     let ack = HeartbeatAck {
         seq: heartbeat.seq,
         server_time_ms: hub.plane().now_ms(),
@@ -209,23 +309,25 @@ async fn rest_heartbeat(
 
 async fn rest_commands(
     State(hub): State<Hub>,
-    Path(gateway_id): Path<String>,
+    ApiPath(gateway_id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Json<CommandList>, ApiError> {
     let principal = authenticate(&headers, hub.authenticator().as_ref())?;
     require_gateway(&principal, &gateway_id)?;
-    let commands = hub.plane().rest_fetch(&gateway_id)?;
+    hub.plane().admit(&principal)?;
+    let commands = hub.plane().rest_fetch(&principal)?;
     Ok(Json(CommandList { commands }))
 }
 
 async fn rest_ack(
     State(hub): State<Hub>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<Json<AckReceipt>, ApiError> {
     let principal = authenticate(&headers, hub.authenticator().as_ref())?;
     require_role(&principal, Role::Gateway)?;
+    hub.plane().admit(&principal)?;
     let id = parse_command_id(&id)?;
     let ack: CommandAck = json_body(&body)?;
     if ack.id != id {
@@ -234,7 +336,8 @@ async fn rest_ack(
             format!("the body acknowledges {}, the path names {id}", ack.id),
         ));
     }
-    let (outcome, _) = hub.plane().command_ack(&principal.subject, &ack)?;
+    // Only the gateway's own commands, of its own tenant: another tenant's is `not_found`.
+    let (outcome, _) = hub.plane().command_ack(&principal, &ack)?;
     Ok(Json(AckReceipt {
         id,
         state: outcome.state,
@@ -268,12 +371,14 @@ struct EnqueueBody {
 
 async fn op_enqueue(
     State(hub): State<Hub>,
-    Path(gateway_id): Path<String>,
+    ApiPath(gateway_id): ApiPath<String>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
     let principal = admin(&hub, &headers)?;
     let body: EnqueueBody = json_body(&body)?;
+    // The command's tenant is the caller's; the plane refuses it (404, as for a gateway that
+    // does not exist) unless the gateway is provisioned in that tenant.
     let command = NewCommand {
         gateway_id,
         kind: body.kind,
@@ -288,13 +393,15 @@ async fn op_enqueue(
     Ok((StatusCode::CREATED, Json(record)).into_response())
 }
 
+/// A command is visible to the operators of its own tenant only (one stored without a tenant,
+/// by an older version, to nobody).
 fn visible(principal: &Principal, tenant: Option<&str>) -> bool {
-    tenant.is_none_or(|t| t == principal.tenant)
+    tenant == Some(principal.tenant.as_str())
 }
 
 async fn op_command(
     State(hub): State<Hub>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let principal = admin(&hub, &headers)?;
@@ -315,8 +422,8 @@ struct CancelQuery {
 
 async fn op_cancel(
     State(hub): State<Hub>,
-    Path(id): Path<String>,
-    Query(query): Query<CancelQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<CancelQuery>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let principal = admin(&hub, &headers)?;
@@ -340,7 +447,7 @@ struct ListQuery {
 
 async fn op_list(
     State(hub): State<Hub>,
-    Query(query): Query<ListQuery>,
+    ApiQuery(query): ApiQuery<ListQuery>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let principal = admin(&hub, &headers)?;
@@ -349,16 +456,14 @@ async fn op_list(
         .map(|s| s.parse::<CommandState>())
         .transpose()
         .map_err(|e| ApiError::new(ErrorCode::InvalidRequest, e.to_string()))?;
+    // The tenant filter runs in the store, before the limit.
     let filter = CommandFilter {
+        tenant: Some(principal.tenant),
         gateway_id: query.gateway_id,
         state,
         limit: query.limit.unwrap_or(100).min(1_000),
     };
-    let commands: Vec<_> = hub
-        .commands(&filter)?
-        .into_iter()
-        .filter(|r| visible(&principal, r.tenant.as_deref()))
-        .collect();
+    let commands = hub.commands(&filter)?;
     Ok(Json(json!({"commands": commands})))
 }
 
@@ -377,7 +482,7 @@ async fn op_gateways(
 
 async fn op_gateway(
     State(hub): State<Hub>,
-    Path(gateway_id): Path<String>,
+    ApiPath(gateway_id): ApiPath<String>,
     headers: HeaderMap,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let principal = admin(&hub, &headers)?;
@@ -402,10 +507,13 @@ struct EventsState {
 }
 
 /// `GET /v1/events`: the event log as Server-Sent Events (admin token). Each event has
-/// `id:` (its id), `event:` (its kind) and `data:` (its JSON payload); an operator sees the
-/// events of their tenant and those without one. Resume with the `Last-Event-ID` header (or
-/// `?after=`): retained events after it are replayed first. A subscriber that falls too far
-/// behind is disconnected and resumes the same way.
+/// `id:` (its id), `event:` (its kind) and `data:` (its JSON payload). An operator sees the
+/// events of their own tenant only: events published without a tenant (`None`) are for
+/// in-process subscribers ([`EventLog::subscribe`]) and reach no operator, so nothing
+/// published without a tenant can leak one tenant's data to another. Resume with the
+/// `Last-Event-ID` header (or `?after=`): retained events after it are replayed first. A
+/// subscriber that falls too far behind is disconnected and resumes the same way. A bad
+/// `Last-Event-ID` or `?after=` is 400 `invalid_request` ([`ErrorBody`] JSON).
 pub fn event_routes(log: EventLog, auth: Arc<dyn Authenticator>) -> Router {
     Router::new()
         .route("/v1/events", get(sse_events))
@@ -419,7 +527,7 @@ struct EventsQuery {
 
 async fn sse_events(
     State(state): State<EventsState>,
-    Query(query): Query<EventsQuery>,
+    ApiQuery(query): ApiQuery<EventsQuery>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let principal = authenticate(&headers, state.auth.as_ref())?;
@@ -452,7 +560,8 @@ fn to_sse(event: &LoggedEvent) -> Event {
         .data(event.data.to_string())
 }
 
-/// The SSE stream of `log` after `after`, filtered to `tenant`. Ends when the subscriber lags.
+/// The SSE stream of `log` after `after`, filtered to the events of `tenant` (events without
+/// a tenant are left out). Ends when the subscriber lags.
 pub fn event_stream(
     log: &EventLog,
     after: Option<u64>,
@@ -468,7 +577,7 @@ pub fn event_stream(
             .event("stream.truncated")
             .data(json!({"after": after}).to_string()))
     });
-    let visible = move |e: &LoggedEvent| e.tenant.as_deref().is_none_or(|t| t == tenant);
+    let visible = move |e: &LoggedEvent| e.tenant.as_deref() == Some(tenant.as_str());
     let visible_backlog = visible.clone();
     let replay = futures::stream::iter(
         head.into_iter().chain(

@@ -6,17 +6,18 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
-use gateway_proto::auth::{Authenticator, Principal};
+use gateway_proto::auth::{Authenticator, GatewayDirectory, Principal};
 use gateway_proto::clock::Clock;
 use gateway_proto::{
     Command, CommandId, ControlFrame, Encoding, Hello, Limits, SessionId, WireMessage, decode_frame,
 };
 use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{Notify, broadcast, mpsc};
 
 use super::connection::{ConnectionEvent, ServerConnection};
 use super::events::EventLog;
-use super::plane::{ControlPlane, PlaneRequest};
+use super::plane::{ControlPlane, PlaneRequest, frame_len};
 use super::presence::GatewayPresence;
 use super::queue::{
     AckRecord, CommandFilter, CommandQueue, CommandRecord, NewCommand, StateChange,
@@ -32,7 +33,9 @@ pub struct HubConfig {
     pub session: ServerSessionConfig,
     /// Unfinished commands per gateway at once; further ones wait queued. Default 32.
     pub max_in_flight_per_gateway: usize,
-    /// Size limits for frames from gateways.
+    /// Size limits for frames from gateways; `limits.max_frame_bytes` also bounds the frames
+    /// sent to them (a command whose frame would be larger is refused at enqueue, and failed
+    /// as `rejected` rather than sent).
     pub limits: Limits,
     /// WebSocket read buffer per connection, bytes (allocated up front: it dominates the
     /// memory of an idle connection). Default 4,096.
@@ -43,6 +46,14 @@ pub struct HubConfig {
     /// Longest sleep of the timer task, ms (a safety net; it wakes for every due timer anyway).
     /// Default 1,000.
     pub max_timer_sleep_ms: u64,
+    /// Messages (deliveries, frames, queue answers) that may wait for one connection. A
+    /// gateway that stops reading stalls its connection; once this many wait, the connection
+    /// is closed ([`CloseReason::Backlogged`]) and what it did not get is redelivered on its
+    /// next session. Default 1,024.
+    pub connection_queue_capacity: usize,
+    /// Longest time writing one frame to a gateway may take, ms; a connection stuck longer
+    /// (the gateway stopped reading) is closed ([`CloseReason::Backlogged`]). Default 60,000.
+    pub write_timeout_ms: u64,
 }
 
 impl Default for HubConfig {
@@ -54,6 +65,8 @@ impl Default for HubConfig {
             ws_read_buffer_bytes: 4_096,
             hub_event_capacity: 16_384,
             max_timer_sleep_ms: 1_000,
+            connection_queue_capacity: 1_024,
+            write_timeout_ms: 60_000,
         }
     }
 }
@@ -70,6 +83,12 @@ impl HubConfig {
             ("ws_read_buffer_bytes", self.ws_read_buffer_bytes as u64),
             ("hub_event_capacity", self.hub_event_capacity as u64),
             ("max_timer_sleep_ms", self.max_timer_sleep_ms),
+            (
+                "connection_queue_capacity",
+                self.connection_queue_capacity as u64,
+            ),
+            ("write_timeout_ms", self.write_timeout_ms),
+            ("limits.max_frame_bytes", self.limits.max_frame_bytes as u64),
         ] {
             if value == 0 {
                 return Err(Error::InvalidConfig {
@@ -125,15 +144,41 @@ pub enum HubEvent {
 
 enum ConnMsg {
     Deliver,
+    Commands(Vec<Command>),
     Frame(Box<ControlFrame>),
     Close(CloseReason),
     Reply(Result<Vec<Command>, Error>),
 }
 
+/// The sending side of one connection's bounded queue.
+#[derive(Clone)]
+struct ConnTx {
+    tx: mpsc::Sender<ConnMsg>,
+    /// Told when the queue overflowed: the connection closes itself.
+    backlogged: Arc<Notify>,
+}
+
+impl ConnTx {
+    /// Queue `msg` for the connection. A full queue means the connection does not take its
+    /// frames (the gateway stopped reading): it is told to close, and its commands wait in
+    /// the queue for its next session. False when the message was not queued.
+    fn send(&self, msg: ConnMsg) -> bool {
+        match self.tx.try_send(msg) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                metrics::counter!("gateway_control_connections_backlogged_total").increment(1);
+                self.backlogged.notify_one();
+                false
+            }
+            Err(TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
 /// A connection's queue request, for the batching worker.
 struct WorkItem {
     request: PlaneRequest,
-    reply: mpsc::UnboundedSender<ConnMsg>,
+    reply: ConnTx,
 }
 
 /// Most requests committed in one transaction.
@@ -153,7 +198,7 @@ fn run_worker(plane: Arc<ControlPlane>, mut work: mpsc::UnboundedReceiver<WorkIt
         let (requests, replies): (Vec<_>, Vec<_>) =
             batch.into_iter().map(|w| (w.request, w.reply)).unzip();
         for (reply, result) in replies.into_iter().zip(plane.apply(requests)) {
-            let _ = reply.send(ConnMsg::Reply(result));
+            reply.send(ConnMsg::Reply(result));
         }
     }
 }
@@ -161,7 +206,9 @@ fn run_worker(plane: Arc<ControlPlane>, mut work: mpsc::UnboundedReceiver<WorkIt
 struct Conn {
     epoch: u64,
     session_id: SessionId,
-    tx: mpsc::UnboundedSender<ConnMsg>,
+    /// The tenant of the session's principal: only commands of this tenant go to it.
+    tenant: String,
+    tx: ConnTx,
 }
 
 struct Inner {
@@ -177,10 +224,20 @@ struct Inner {
 
 /// The server's control-channel hub. Cheap to clone (shared).
 ///
-/// Build it over a [`CommandQueue`] and an [`EventLog`], start its timers with
-/// [`Hub::spawn_timers`], and serve [`Hub::router`] (the WebSocket endpoint and the REST
-/// fallback) and, for operators, [`Hub::operator_router`] and
-/// [`super::event_routes`].
+/// Build it over a [`CommandQueue`] and an [`EventLog`] — with [`Hub::builder`] and a
+/// [`GatewayDirectory`] in production — start its timers with [`Hub::spawn_timers`], and
+/// serve [`Hub::router`] (the WebSocket endpoint and the REST fallback) and, for operators,
+/// [`Hub::operator_router`] and [`super::event_routes`].
+///
+/// # Tenants
+///
+/// Gateway ids are unique across the server; the directory says which tenant each belongs
+/// to. The hub refuses a gateway whose token names another tenant (an `error` frame and a
+/// close at the handshake, 403 on the REST fallback), refuses commands for a gateway outside
+/// the caller's tenant as unknown, and hands a command only to a session of its own gateway
+/// and tenant. Without a directory ([`Hub::new`]) it knows only the gateways that connected
+/// since it started, each under the tenant it first connected with — see
+/// [`ControlPlane`]'s tenant rules.
 #[derive(Clone)]
 pub struct Hub {
     inner: Arc<Inner>,
@@ -198,25 +255,56 @@ fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
 }
 
-impl Hub {
-    /// A hub. `auth` turns bearer tokens into principals: gateways connect with a
-    /// [`gateway_proto::auth::Role::Gateway`] token, operators call the operator routes with an
-    /// `Admin` one.
-    pub fn new(
-        config: HubConfig,
-        queue: Arc<dyn CommandQueue>,
-        events: EventLog,
-        auth: Arc<dyn Authenticator>,
-        clock: Arc<dyn Clock>,
-    ) -> Result<Hub, Error> {
+/// Builds a [`Hub`]; from [`Hub::builder`].
+pub struct HubBuilder {
+    config: HubConfig,
+    queue: Arc<dyn CommandQueue>,
+    events: EventLog,
+    auth: Arc<dyn Authenticator>,
+    clock: Arc<dyn Clock>,
+    directory: Option<Arc<dyn GatewayDirectory>>,
+}
+
+impl std::fmt::Debug for HubBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubBuilder")
+            .field("config", &self.config)
+            .field("directory", &self.directory.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HubBuilder {
+    /// The server's gateway directory: which tenant each provisioned gateway belongs to
+    /// ([`gateway_proto::auth::StaticTokens`] is one). Without it the hub falls back to the
+    /// tenants gateways connected under since it started (see [`ControlPlane`]).
+    pub fn directory(mut self, directory: Arc<dyn GatewayDirectory>) -> Self {
+        self.directory = Some(directory);
+        self
+    }
+
+    /// Validate the config, start the queue worker thread and build the hub.
+    pub fn build(self) -> Result<Hub, Error> {
+        let HubBuilder {
+            config,
+            queue,
+            events,
+            auth,
+            clock,
+            directory,
+        } = self;
         config.validate()?;
-        let plane = ControlPlane::new(
+        let mut plane = ControlPlane::new(
             queue,
             events,
             clock.clone(),
             config.max_in_flight_per_gateway,
             config.session.offline_after_intervals,
-        );
+        )
+        .with_max_frame_bytes(config.limits.max_frame_bytes);
+        if let Some(directory) = directory {
+            plane = plane.with_directory(directory);
+        }
         let plane = Arc::new(plane);
         let (work, work_rx) = mpsc::unbounded_channel();
         let worker_plane = plane.clone();
@@ -240,6 +328,67 @@ impl Hub {
                 timers: Notify::new(),
             }),
         })
+    }
+}
+
+impl Hub {
+    /// A hub without a gateway directory: gateways are known only once they connected, under
+    /// the tenant they first connected with (commands for others are refused as unknown; see
+    /// [`ControlPlane`]). Production servers use [`Hub::builder`] with
+    /// [`HubBuilder::directory`]. `auth` turns bearer tokens into principals: gateways connect
+    /// with a [`gateway_proto::auth::Role::Gateway`] token, operators call the operator routes
+    /// with an `Admin` one.
+    pub fn new(
+        config: HubConfig,
+        queue: Arc<dyn CommandQueue>,
+        events: EventLog,
+        auth: Arc<dyn Authenticator>,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Hub, Error> {
+        Self::builder(config, queue, events, auth, clock).build()
+    }
+
+    /// A hub builder; add the gateway directory with [`HubBuilder::directory`], then
+    /// [`HubBuilder::build`]:
+    ///
+    /// ```no_run
+    /// # fn main() -> Result<(), gateway_control::Error> {
+    /// use std::sync::Arc;
+    /// use gateway_control::server::{EventLog, EventLogConfig, Hub, HubConfig, QueueConfig, SqliteCommandQueue};
+    /// use gateway_proto::auth::{Principal, Role, StaticTokens};
+    /// use gateway_proto::clock::{Clock, SystemClock};
+    ///
+    /// let tokens = Arc::new(
+    ///     StaticTokens::new()
+    ///         .with("gw-1-token", Principal::new("acme", "gw-1", Role::Gateway))
+    ///         .with("ops-token", Principal::new("acme", "ops", Role::Admin)),
+    /// );
+    /// let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    /// let queue = SqliteCommandQueue::open("commands.db", QueueConfig::default())?;
+    /// let events = EventLog::open("events.db", EventLogConfig::default(), clock.clone())?;
+    /// // The same table authenticates tokens and says which tenant each gateway belongs to.
+    /// let hub = Hub::builder(HubConfig::default(), Arc::new(queue), events, tokens.clone(), clock)
+    ///     .directory(tokens)
+    ///     .build()?;
+    /// # let _ = hub;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn builder(
+        config: HubConfig,
+        queue: Arc<dyn CommandQueue>,
+        events: EventLog,
+        auth: Arc<dyn Authenticator>,
+        clock: Arc<dyn Clock>,
+    ) -> HubBuilder {
+        HubBuilder {
+            config,
+            queue,
+            events,
+            auth,
+            clock,
+            directory: None,
+        }
     }
 
     fn conns(&self) -> MutexGuard<'_, HashMap<String, Conn>> {
@@ -289,8 +438,17 @@ impl Hub {
         self.conns().keys().cloned().collect()
     }
 
+    /// The tenant of a gateway (the directory's answer; without one, the tenant it connected
+    /// under). `None`: not provisioned.
+    pub fn tenant_of(&self, gateway_id: &str) -> Option<String> {
+        self.inner.plane.tenant_of(gateway_id)
+    }
+
     /// Send a server → gateway frame (`policy_update`, `error`, or a `command` that bypasses
     /// the queue) to a connected gateway. It is sent after frames already queued for it.
+    /// Trusted server code: it names the gateway only (its session was admitted under the
+    /// gateway's tenant). A frame larger than `limits.max_frame_bytes` is refused
+    /// (`payload_too_large`): the gateway could not take it.
     pub fn send_frame(&self, gateway_id: &str, frame: ControlFrame) -> Result<(), Error> {
         match &frame {
             ControlFrame::Command(_) | ControlFrame::PolicyUpdate(_) | ControlFrame::Error(_) => {}
@@ -301,58 +459,74 @@ impl Hub {
                 });
             }
         }
+        self.inner
+            .config
+            .limits
+            .check_frame_size(frame_len(&frame))?;
         let conns = self.conns();
         let conn = conns.get(gateway_id).ok_or_else(|| Error::NotConnected {
             gateway_id: gateway_id.to_owned(),
         })?;
-        conn.tx
-            .send(ConnMsg::Frame(Box::new(frame)))
-            .map_err(|_| Error::NotConnected {
+        if conn.tx.send(ConnMsg::Frame(Box::new(frame))) {
+            Ok(())
+        } else {
+            Err(Error::NotConnected {
                 gateway_id: gateway_id.to_owned(),
             })
+        }
     }
 
     /// Close a gateway's session (it will reconnect on its own).
     pub fn disconnect(&self, gateway_id: &str) -> bool {
         self.conns()
             .get(gateway_id)
-            .is_some_and(|c| c.tx.send(ConnMsg::Close(CloseReason::Requested)).is_ok())
+            .is_some_and(|c| c.tx.send(ConnMsg::Close(CloseReason::Requested)))
     }
 
-    fn nudge(&self, gateway_id: &str) {
-        if let Some(conn) = self.conns().get(gateway_id) {
-            let _ = conn.tx.send(ConnMsg::Deliver);
+    /// Tell the session of `gateway_id` to fetch deliverable commands, if it is one of
+    /// `tenant`.
+    fn nudge(conns: &HashMap<String, Conn>, gateway_id: &str, tenant: Option<&str>) {
+        if let Some(conn) = conns.get(gateway_id)
+            && tenant == Some(conn.tenant.as_str())
+        {
+            conn.tx.send(ConnMsg::Deliver);
         }
     }
 
     /// Store a command and deliver it at once if its gateway is connected. Returns once the
-    /// command is stored.
+    /// command is stored. Its tenant is the gateway's: `command.tenant` may be left `None`
+    /// (filled in), and a tenant the gateway is not provisioned in, or a gateway nobody
+    /// provisioned, is [`Error::UnknownGateway`]. A command whose frame would exceed
+    /// `limits.max_frame_bytes` is [`Error::CommandTooLarge`].
     pub fn enqueue(&self, command: NewCommand) -> Result<CommandRecord, Error> {
         let record = self.inner.plane.enqueue(command)?;
-        self.nudge(&record.gateway_id);
+        Self::nudge(&self.conns(), &record.gateway_id, record.tenant.as_deref());
         self.inner.timers.notify_one();
         Ok(record)
     }
 
-    /// Store many commands in one transaction (a fleet-wide fan-out), then deliver.
+    /// Store many commands in one transaction (a fleet-wide fan-out; all or none, with the
+    /// checks of [`enqueue`](Self::enqueue)), then deliver.
     pub fn enqueue_many(&self, commands: Vec<NewCommand>) -> Result<Vec<CommandRecord>, Error> {
         let records = self.inner.plane.enqueue_many(commands)?;
-        let mut gateways: Vec<&str> = records.iter().map(|r| r.gateway_id.as_str()).collect();
+        let mut gateways: Vec<(&str, Option<&str>)> = records
+            .iter()
+            .map(|r| (r.gateway_id.as_str(), r.tenant.as_deref()))
+            .collect();
         gateways.sort_unstable();
         gateways.dedup();
         {
             let conns = self.conns();
-            for gateway in gateways {
-                if let Some(conn) = conns.get(gateway) {
-                    let _ = conn.tx.send(ConnMsg::Deliver);
-                }
+            for (gateway, tenant) in gateways {
+                Self::nudge(&conns, gateway, tenant);
             }
         }
         self.inner.timers.notify_one();
         Ok(records)
     }
 
-    /// Cancel a command (`force` for one the gateway may already run).
+    /// Cancel a command: `queued` and `sent` ones plainly, `received` and `in_progress` ones
+    /// only with `force` (see [`CommandQueue::cancel`]; the gateway may still run it).
     pub fn cancel(&self, id: &CommandId, force: bool) -> Result<StateChange, Error> {
         self.inner.plane.cancel(id, force)
     }
@@ -395,12 +569,26 @@ impl Hub {
         loop {
             match self.inner.plane.tick() {
                 Ok(redeliver) => {
+                    let mut per_gateway: HashMap<String, Vec<CommandRecord>> = HashMap::new();
+                    for record in redeliver {
+                        per_gateway
+                            .entry(record.gateway_id.clone())
+                            .or_default()
+                            .push(record);
+                    }
                     let conns = self.conns();
-                    for (gateway, command) in redeliver {
-                        if let Some(conn) = conns.get(&gateway) {
-                            let _ = conn
-                                .tx
-                                .send(ConnMsg::Frame(Box::new(ControlFrame::Command(command))));
+                    for (gateway, records) in per_gateway {
+                        let Some(conn) = conns.get(&gateway) else {
+                            continue;
+                        };
+                        // Only to a session of the command's tenant.
+                        let commands: Vec<Command> = records
+                            .iter()
+                            .filter(|r| r.tenant.as_deref() == Some(conn.tenant.as_str()))
+                            .map(CommandRecord::to_command)
+                            .collect();
+                        if !commands.is_empty() {
+                            conn.tx.send(ConnMsg::Commands(commands));
                         }
                     }
                 }
@@ -436,7 +624,7 @@ impl Hub {
     fn register(&self, gateway_id: &str, conn: Conn) {
         let old = self.conns().insert(gateway_id.to_owned(), conn);
         if let Some(old) = old {
-            let _ = old.tx.send(ConnMsg::Close(CloseReason::Superseded));
+            old.tx.send(ConnMsg::Close(CloseReason::Superseded));
         }
         metrics::gauge!("gateway_control_sessions").set(self.conns().len() as f64);
     }
@@ -456,27 +644,52 @@ struct Connection {
     socket: WebSocket,
     conn: ServerConnection,
     encoding: Encoding,
-    tx: mpsc::UnboundedSender<ConnMsg>,
-    rx: mpsc::UnboundedReceiver<ConnMsg>,
+    tx: ConnTx,
+    rx: mpsc::Receiver<ConnMsg>,
+    backlogged: Arc<Notify>,
+    write_timeout: Duration,
+    /// The socket could not take a frame: nothing more is written to it.
+    stuck: bool,
+}
+
+/// How writing one message went.
+enum Written {
+    Ok,
+    /// The connection broke.
+    Failed,
+    /// Not written within the write timeout, or the queue overflowed meanwhile.
+    Stuck,
 }
 
 impl Connection {
     fn new(hub: Hub, socket: WebSocket, principal: Principal, encoding: Encoding) -> Self {
+        let config = &hub.inner.config;
         let session = ServerSession::new(
-            hub.inner.config.session.clone(),
+            config.session.clone(),
             principal,
             SessionId::new_v7(),
             hub.inner.clock.clone(),
             now(),
         );
-        let (tx, rx) = mpsc::unbounded_channel();
+        let mut conn =
+            ServerConnection::new(session).with_max_frame_bytes(config.limits.max_frame_bytes);
+        conn.check_admission(hub.plane());
+        let (tx, rx) = mpsc::channel(config.connection_queue_capacity);
+        let backlogged = Arc::new(Notify::new());
+        let write_timeout = Duration::from_millis(config.write_timeout_ms);
         Connection {
+            tx: ConnTx {
+                tx,
+                backlogged: backlogged.clone(),
+            },
             hub,
             socket,
-            conn: ServerConnection::new(session),
+            conn,
             encoding,
-            tx,
             rx,
+            backlogged,
+            write_timeout,
+            stuck: false,
         }
     }
 
@@ -498,29 +711,48 @@ impl Connection {
                     None => std::future::pending().await,
                 }
             };
+            let backlogged = self.backlogged.clone();
             tokio::select! {
                 message = self.socket.recv() => self.on_message(message),
                 Some(msg) = self.rx.recv() => self.on_hub_message(msg),
                 () = sleep => self.conn.session_mut().handle_timeout(now()),
+                () = backlogged.notified() => self.give_up(),
             }
         }
         self.handle_events();
     }
 
+    /// The gateway does not take its frames: close the session without writing anything
+    /// more. Its unfinished commands are redelivered on its next session.
+    fn give_up(&mut self) {
+        tracing::warn!(
+            gateway = self.conn.session().gateway_id(),
+            "the gateway does not take its frames; closing its connection"
+        );
+        self.stuck = true;
+        self.conn.session_mut().close(CloseReason::Backlogged);
+    }
+
+    /// Write one message within the write timeout, unless the queue overflows meanwhile.
+    async fn write(&mut self, message: Message) -> Written {
+        let backlogged = self.backlogged.clone();
+        tokio::select! {
+            sent = self.socket.send(message) => if sent.is_ok() { Written::Ok } else { Written::Failed },
+            () = tokio::time::sleep(self.write_timeout) => Written::Stuck,
+            () = backlogged.notified() => Written::Stuck,
+        }
+    }
+
     async fn flush(&mut self) {
         while let Some(transmit) = self.conn.session_mut().poll_transmit() {
-            match transmit {
-                ServerTransmit::Frame(frame) => {
-                    let message = encode(&frame, self.encoding);
-                    if self.socket.send(message).await.is_err() {
-                        self.conn.disconnected(now());
-                    } else {
-                        metrics::counter!("gateway_control_server_frames_sent_total").increment(1);
-                    }
-                }
+            if self.stuck {
+                continue; // nothing more goes to a socket that does not drain
+            }
+            let message = match transmit {
+                ServerTransmit::Frame(frame) => encode(&frame, self.encoding),
                 ServerTransmit::Close(reason) => {
                     let code = match reason {
-                        CloseReason::IdentityMismatch => 1008,   // policy violation
+                        CloseReason::IdentityMismatch | CloseReason::NotProvisioned => 1008, // policy violation
                         CloseReason::UnsupportedVersion => 1002, // protocol error
                         _ => 1000,
                     };
@@ -533,8 +765,16 @@ impl Connection {
                             .collect::<String>()
                             .into(),
                     };
-                    let _ = self.socket.send(Message::Close(Some(frame))).await;
+                    let _ = self.write(Message::Close(Some(frame))).await;
+                    continue;
                 }
+            };
+            match self.write(message).await {
+                Written::Ok => {
+                    metrics::counter!("gateway_control_server_frames_sent_total").increment(1);
+                }
+                Written::Failed => self.conn.disconnected(now()),
+                Written::Stuck => self.give_up(),
             }
         }
     }
@@ -555,6 +795,7 @@ impl Connection {
         let hub = self.hub.clone();
         let interval = hub.inner.config.session.heartbeat_interval_ms;
         let gateway_id = self.conn.session().gateway_id().to_owned();
+        let tenant = self.conn.session().principal().tenant.clone();
         let session_id = self.conn.session().session_id();
         for event in self.conn.drive(hub.plane(), interval) {
             let hub_event = match event {
@@ -568,12 +809,13 @@ impl Connection {
                         Conn {
                             epoch,
                             session_id,
+                            tenant: tenant.clone(),
                             tx: self.tx.clone(),
                         },
                     );
                     HubEvent::SessionEstablished {
                         gateway_id: gateway_id.clone(),
-                        tenant: self.conn.session().principal().tenant.clone(),
+                        tenant: tenant.clone(),
                         session_id,
                         epoch,
                         hello,
@@ -624,6 +866,7 @@ impl Connection {
     fn on_hub_message(&mut self, msg: ConnMsg) {
         match msg {
             ConnMsg::Deliver => self.conn.request_delivery(),
+            ConnMsg::Commands(commands) => self.conn.send_commands(commands),
             ConnMsg::Reply(reply) => self.conn.handle_reply(reply),
             ConnMsg::Frame(frame) => {
                 if let Err(e) = self.conn.session_mut().send(*frame) {

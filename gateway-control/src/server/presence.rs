@@ -10,11 +10,18 @@
 //!   updates from an older epoch are ignored: the late disconnect of a replaced session never
 //!   marks a reconnected gateway offline.
 //! * Every online/offline change is returned as a [`PresenceChange`] for the event stream.
+//! * **A gateway never changes tenant.** The first session (or REST heartbeat) of a gateway id
+//!   records its tenant; a later one under another tenant is refused
+//!   ([`Error::GatewayNotAdmitted`]) and changes nothing. With a gateway directory the
+//!   handshake refuses such sessions before they reach presence; without one, this is what
+//!   keeps the first tenant's gateway id its own until the server restarts.
 
 use std::collections::HashMap;
 
 use gateway_proto::{AppliedPolicy, Hello, SessionId, StatusSnapshot};
 use serde::{Deserialize, Serialize};
+
+use crate::Error;
 
 /// How a gateway talks to the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -125,8 +132,25 @@ impl Presence {
         epoch
     }
 
+    /// Refuse a gateway id known under another tenant.
+    fn check_tenant(&self, tenant: &str, gateway_id: &str) -> Result<(), Error> {
+        match self.gateways.get(gateway_id) {
+            Some(p) if p.tenant != tenant => Err(Error::GatewayNotAdmitted {
+                gateway_id: gateway_id.to_owned(),
+                tenant: tenant.to_owned(),
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// The tenant a gateway id is registered under, if it was ever seen.
+    pub fn tenant_of(&self, gateway_id: &str) -> Option<&str> {
+        self.gateways.get(gateway_id).map(|p| p.tenant.as_str())
+    }
+
     /// A WebSocket session was established. Returns its epoch, and the change if the gateway
-    /// was not online before.
+    /// was not online before; [`Error::GatewayNotAdmitted`] (nothing changed) when the gateway
+    /// id is registered under another tenant.
     pub fn session_started(
         &mut self,
         tenant: &str,
@@ -134,7 +158,8 @@ impl Presence {
         session_id: SessionId,
         heartbeat_interval_ms: u64,
         now_ms: i64,
-    ) -> (u64, Option<PresenceChange>) {
+    ) -> Result<(u64, Option<PresenceChange>), Error> {
+        self.check_tenant(tenant, &hello.gateway_id)?;
         let epoch = self.take_epoch();
         let entry = self
             .gateways
@@ -156,7 +181,6 @@ impl Presence {
                 applied_policies: Vec::new(),
             });
         let was_online = entry.online;
-        entry.tenant = tenant.to_owned();
         entry.online = true;
         entry.epoch = epoch;
         entry.session_id = Some(session_id);
@@ -172,7 +196,7 @@ impl Presence {
         if !was_online {
             self.online_now += 1;
         }
-        (epoch, change)
+        Ok((epoch, change))
     }
 
     /// A sign of life from session `epoch` (any frame), with a status snapshot if it was a
@@ -197,7 +221,9 @@ impl Presence {
     }
 
     /// A heartbeat over the REST fallback: online (a new epoch if it was offline), last seen
-    /// now, with its status. Returns the change if it was offline.
+    /// now, with its status. Returns the change if it was offline;
+    /// [`Error::GatewayNotAdmitted`] (nothing changed) when the gateway id is registered
+    /// under another tenant.
     pub fn rest_heartbeat(
         &mut self,
         tenant: &str,
@@ -205,13 +231,14 @@ impl Presence {
         status: StatusSnapshot,
         heartbeat_interval_ms: u64,
         now_ms: i64,
-    ) -> Option<PresenceChange> {
-        let online = self.gateways.get(gateway_id).is_some_and(|p| p.online);
-        if online {
-            let p = self.gateways.get_mut(gateway_id)?;
+    ) -> Result<Option<PresenceChange>, Error> {
+        self.check_tenant(tenant, gateway_id)?;
+        if let Some(p) = self.gateways.get_mut(gateway_id)
+            && p.online
+        {
             p.last_seen_ms = p.last_seen_ms.max(now_ms);
             p.last_status = Some(status);
-            return None;
+            return Ok(None);
         }
         let epoch = self.take_epoch();
         let p = self
@@ -244,7 +271,7 @@ impl Presence {
         p.last_status = Some(status);
         let change = Self::change(p, now_ms, "REST heartbeat".into());
         self.online_now += 1;
-        Some(change)
+        Ok(Some(change))
     }
 
     /// Session `epoch` ended. Marks the gateway offline only if `epoch` is its current one.
@@ -341,11 +368,13 @@ mod tests {
     #[test]
     fn a_late_disconnect_of_an_old_session_does_not_mark_a_reconnected_gateway_offline() {
         let mut presence = Presence::new(1.5);
-        let (old, change) =
-            presence.session_started("t", &hello("gw"), SessionId::new_v7(), 1_000, 0);
+        let (old, change) = presence
+            .session_started("t", &hello("gw"), SessionId::new_v7(), 1_000, 0)
+            .unwrap();
         assert!(change.unwrap().online);
-        let (new, change) =
-            presence.session_started("t", &hello("gw"), SessionId::new_v7(), 1_000, 100);
+        let (new, change) = presence
+            .session_started("t", &hello("gw"), SessionId::new_v7(), 1_000, 100)
+            .unwrap();
         assert!(change.is_none(), "online → online is no change");
         assert!(new > old);
         assert_eq!(presence.session_ended("gw", old, "transport", 200), None);
@@ -359,7 +388,9 @@ mod tests {
     #[test]
     fn silence_beyond_one_and_a_half_intervals_goes_offline_not_before() {
         let mut presence = Presence::new(1.5);
-        let (epoch, _) = presence.session_started("t", &hello("gw"), SessionId::new_v7(), 1_000, 0);
+        let (epoch, _) = presence
+            .session_started("t", &hello("gw"), SessionId::new_v7(), 1_000, 0)
+            .unwrap();
         assert!(presence.seen("gw", epoch, None, 1_000));
         assert_eq!(presence.next_deadline_ms(), Some(2_501));
         assert!(
@@ -379,13 +410,57 @@ mod tests {
         let status = crate::gateway::empty_status();
         let change = presence
             .rest_heartbeat("t", "gw", status.clone(), 1_000, 0)
+            .unwrap()
             .unwrap();
         assert_eq!(change.transport, Transport::Rest);
         assert!(
             presence
                 .rest_heartbeat("t", "gw", status, 1_000, 500)
+                .unwrap()
                 .is_none()
         );
         assert_eq!(presence.get("gw").unwrap().last_seen_ms, 500);
+    }
+
+    #[test]
+    fn a_gateway_never_changes_tenant() {
+        let mut presence = Presence::new(1.5);
+        let status = crate::gateway::empty_status();
+        let (epoch, _) = presence
+            .session_started("acme", &hello("gw"), SessionId::new_v7(), 1_000, 0)
+            .unwrap();
+        let refused = presence
+            .session_started("globex", &hello("gw"), SessionId::new_v7(), 1_000, 10)
+            .unwrap_err();
+        assert!(
+            matches!(refused, Error::GatewayNotAdmitted { .. }),
+            "{refused}"
+        );
+        assert!(matches!(
+            presence.rest_heartbeat("globex", "gw", status.clone(), 1_000, 20),
+            Err(Error::GatewayNotAdmitted { .. })
+        ));
+        let p = presence.get("gw").unwrap();
+        assert_eq!(
+            (p.tenant.as_str(), p.epoch, p.online),
+            ("acme", epoch, true)
+        );
+        // Offline, it still belongs to acme.
+        presence
+            .session_ended("gw", epoch, "transport", 30)
+            .unwrap();
+        assert!(
+            presence
+                .rest_heartbeat("globex", "gw", status.clone(), 1_000, 40)
+                .is_err()
+        );
+        assert_eq!(presence.tenant_of("gw"), Some("acme"));
+        assert!(
+            presence
+                .rest_heartbeat("acme", "gw", status, 1_000, 50)
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(presence.online_count(), 1);
     }
 }

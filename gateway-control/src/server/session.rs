@@ -141,8 +141,10 @@ enum State {
 /// # Behaviour
 ///
 /// * `hello` whose `gateway_id` differs from the principal: `error` (`identity_mismatch`) and
-///   close. No common version: `error` (`unsupported_protocol_version`) and close. Otherwise
-///   `welcome` with the heartbeat interval and [`ServerEvent::Established`].
+///   close. A gateway the server refused up front ([`refuse_hello`](Self::refuse_hello), e.g.
+///   because its gateway directory places it in another tenant than its token): the given
+///   `error` and close. No common version: `error` (`unsupported_protocol_version`) and close.
+///   Otherwise `welcome` with the heartbeat interval and [`ServerEvent::Established`].
 /// * Each `heartbeat` is answered with `heartbeat_ack`. Any frame counts as a sign of life; a
 ///   gateway silent for [`ServerSessionConfig::silence_limit`] is closed ([`CloseReason::Silent`]).
 /// * Frames that are out of place (before `hello`, a second `hello`, server → gateway types)
@@ -153,8 +155,17 @@ pub struct ServerSession {
     session_id: SessionId,
     clock: Arc<dyn Clock>,
     state: State,
+    refusal: Option<Refusal>,
     transmits: VecDeque<ServerTransmit>,
     events: VecDeque<ServerEvent>,
+}
+
+/// Why the next `hello` will be refused.
+#[derive(Debug)]
+struct Refusal {
+    code: ErrorCode,
+    message: String,
+    reason: CloseReason,
 }
 
 impl std::fmt::Debug for ServerSession {
@@ -183,6 +194,7 @@ impl ServerSession {
             session_id,
             clock,
             state: State::AwaitingHello { since: now },
+            refusal: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -326,6 +338,40 @@ impl ServerSession {
         Ok(())
     }
 
+    /// Refuse the handshake: the gateway's `hello` will be answered with an `error` frame
+    /// (`code`, `message`) and the session closed with `reason`, instead of `welcome`. For a
+    /// check the server makes on the credentials before the handshake — the
+    /// [`super::Hub`] refuses a gateway whose token names a tenant its gateway directory does
+    /// not place it in (`forbidden`, [`CloseReason::NotProvisioned`]). A `hello` naming
+    /// another gateway is still answered `identity_mismatch` first.
+    pub fn refuse_hello(
+        &mut self,
+        code: ErrorCode,
+        message: impl Into<String>,
+        reason: CloseReason,
+    ) {
+        self.refusal = Some(Refusal {
+            code,
+            message: message.into(),
+            reason,
+        });
+    }
+
+    /// Send an `error` frame, then close the session for `reason` (a session the server
+    /// cannot keep, e.g. one presence refused after the handshake).
+    pub fn close_with_error(
+        &mut self,
+        code: ErrorCode,
+        message: impl Into<String>,
+        reason: CloseReason,
+    ) {
+        if self.is_closed() {
+            return;
+        }
+        self.reply(code, message.into());
+        self.close(reason);
+    }
+
     /// Close the session for `reason` (e.g. [`CloseReason::Superseded`]).
     pub fn close(&mut self, reason: CloseReason) {
         if self.is_closed() {
@@ -386,6 +432,11 @@ impl ServerSession {
                 ),
             );
             self.close(CloseReason::IdentityMismatch);
+            return;
+        }
+        if let Some(refusal) = self.refusal.take() {
+            metrics::counter!("gateway_control_server_sessions_refused_total").increment(1);
+            self.close_with_error(refusal.code, refusal.message, refusal.reason);
             return;
         }
         let version = match negotiate_version(hello.min_protocol_version, hello.protocol_version) {
@@ -607,5 +658,38 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn a_refused_gateway_gets_the_error_and_a_close_instead_of_welcome() {
+        let now = Instant::now();
+        let mut s = session(now);
+        s.refuse_hello(
+            ErrorCode::Forbidden,
+            "gateway `gw-1` is not provisioned in tenant `acme`",
+            CloseReason::NotProvisioned,
+        );
+        // Nothing happens before the hello.
+        assert!(drain(&mut s).is_empty());
+        s.handle_frame(now, hello("gw-1", 1, PROTOCOL_VERSION));
+        let out = drain(&mut s);
+        assert_eq!(out.len(), 2, "{out:?}");
+        assert_eq!(error_code(&out[0]), ErrorCode::Forbidden);
+        assert_eq!(out[1], ServerTransmit::Close(CloseReason::NotProvisioned));
+        assert!(s.is_closed());
+        let events: Vec<_> = std::iter::from_fn(|| s.poll_event()).collect();
+        assert_eq!(
+            events,
+            [ServerEvent::Closed {
+                reason: CloseReason::NotProvisioned,
+                was_established: false
+            }]
+        );
+
+        // An identity mismatch is still reported as such.
+        let mut s = session(now);
+        s.refuse_hello(ErrorCode::Forbidden, "no", CloseReason::NotProvisioned);
+        s.handle_frame(now, hello("gw-2", 1, PROTOCOL_VERSION));
+        assert_eq!(error_code(&drain(&mut s)[0]), ErrorCode::IdentityMismatch);
     }
 }

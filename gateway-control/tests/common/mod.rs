@@ -17,11 +17,13 @@ use gateway_control::server::{
     SqliteCommandQueue,
 };
 use gateway_control::{GatewayEvent, GatewaySession, GatewaySessionConfig, Transmit};
-use gateway_proto::auth::{Principal, Role};
+use gateway_proto::auth::{GatewayDirectory, Principal, Role, StaticTokens};
 use gateway_proto::clock::{Clock, ManualClock};
 use gateway_proto::{Command, CommandId, ControlFrame, SessionId};
 
 pub const GATEWAY: &str = "gw-1";
+/// The tenant of [`GATEWAY`] in the server's gateway directory.
+pub const TENANT: &str = "acme";
 pub const START_MS: i64 = 1_750_000_000_000;
 
 struct Link {
@@ -63,6 +65,22 @@ pub struct Pair {
     pub auto_complete: Option<Outcome>,
     /// When the gateway asked for a connection.
     pub connect_attempts: Vec<Instant>,
+    /// Whom the gateway's token stands for (default: [`GATEWAY`] of [`TENANT`]).
+    pub principal: Principal,
+    /// The server sends no `command` frame larger than this (`None`: unchecked).
+    pub max_frame_bytes: Option<usize>,
+}
+
+/// The server's gateway directory: [`GATEWAY`] belongs to [`TENANT`], `gw-9` to `globex`.
+pub fn directory() -> Arc<dyn GatewayDirectory> {
+    Arc::new(
+        StaticTokens::new()
+            .with("gw-1-token", Principal::new(TENANT, GATEWAY, Role::Gateway))
+            .with(
+                "gw-9-token",
+                Principal::new("globex", "gw-9", Role::Gateway),
+            ),
+    )
 }
 
 fn journal_path(dir: &tempfile::TempDir) -> PathBuf {
@@ -94,7 +112,8 @@ fn open_plane(
         clock,
         max_in_flight,
         server_config.offline_after_intervals,
-    );
+    )
+    .with_directory(directory());
     (plane, events)
 }
 
@@ -136,6 +155,8 @@ impl Pair {
             executions: HashMap::new(),
             auto_complete: None,
             connect_attempts: Vec::new(),
+            principal: Principal::new(TENANT, GATEWAY, Role::Gateway),
+            max_frame_bytes: None,
         }
     }
 
@@ -174,10 +195,6 @@ impl Pair {
         self.link.as_ref().and_then(|l| l.server.epoch())
     }
 
-    fn principal(&self) -> Principal {
-        Principal::new("acme", GATEWAY, Role::Gateway)
-    }
-
     /// Process everything due now until nothing moves.
     pub fn pump(&mut self) {
         for _ in 0..10_000 {
@@ -200,13 +217,18 @@ impl Pair {
                     if self.server_up && self.link.is_none() {
                         let session = ServerSession::new(
                             self.server_config.clone(),
-                            self.principal(),
+                            self.principal.clone(),
                             SessionId::new_v7(),
                             Arc::new(self.clock.clone()),
                             now,
                         );
+                        let mut server = ServerConnection::new(session);
+                        if let Some(limit) = self.max_frame_bytes {
+                            server = server.with_max_frame_bytes(limit);
+                        }
+                        server.check_admission(&self.plane);
                         self.link = Some(Link {
-                            server: ServerConnection::new(session),
+                            server,
                             to_server: VecDeque::new(),
                             to_gateway: VecDeque::new(),
                         });
@@ -296,10 +318,15 @@ impl Pair {
         {
             let redeliver = self.plane.tick().unwrap();
             if let Some(link) = &mut self.link {
+                // Only to a session of the command's gateway and tenant, as the hub does.
+                let principal = link.server.session().principal().clone();
                 let mine: Vec<Command> = redeliver
                     .into_iter()
-                    .filter(|(g, _)| g == GATEWAY)
-                    .map(|(_, c)| c)
+                    .filter(|r| {
+                        r.gateway_id == principal.subject
+                            && r.tenant.as_deref() == Some(principal.tenant.as_str())
+                    })
+                    .map(|r| r.to_command())
                     .collect();
                 link.server.send_commands(mine);
             }

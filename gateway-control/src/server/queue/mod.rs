@@ -24,6 +24,12 @@
 //! * **Forward only.** Acknowledgements move a command only to a later state
 //!   ([`CommandState::rank`]); a late or stale one (for example `succeeded` after `timed_out`)
 //!   is recorded in the acknowledgement history ([`CommandQueue::acks`]) and changes nothing.
+//! * **Tenant-scoped.** Every command carries the tenant it was enqueued for. Delivery
+//!   ([`CommandQueue::take_for_delivery`]) and acknowledgements ([`CommandQueue::record_ack`])
+//!   name the gateway *and* its tenant (from its credentials), and touch only commands of that
+//!   tenant: a command is never handed to, nor finished by, a gateway of another tenant. A
+//!   command stored without a tenant (by an older version) is never delivered; it expires.
+//!   [`CommandFilter::tenant`] scopes listings in the store itself.
 //!
 //! Every method that changes a command returns its [`StateChange`]s; the caller publishes
 //! them (the [`super::ControlPlane`] does, as `command.state` events).
@@ -110,7 +116,10 @@ pub struct NewCommand {
     /// Execution timeout (step timer), ms; `None` uses the queue's default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub execution_timeout_ms: Option<u64>,
-    /// Tenant of the operator who enqueued it (scopes who sees its events).
+    /// Tenant of the gateway (and of the operator who enqueued it): scopes delivery,
+    /// acknowledgements and who sees the command and its events. `None` lets the
+    /// [`super::ControlPlane`] fill in the gateway's tenant from its gateway directory; a
+    /// tenant the gateway does not belong to is refused there as an unknown gateway.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
 }
@@ -207,7 +216,9 @@ pub struct CommandRecord {
     pub id: CommandId,
     /// The gateway that must run it.
     pub gateway_id: String,
-    /// Tenant of the operator who enqueued it.
+    /// Tenant of the command: its gateway's, and its operator's. Only a session of this
+    /// tenant gets it, and only this tenant's operators see it. (`None` only for commands
+    /// stored by an older version: never delivered, never shown.)
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
     /// What to do.
@@ -300,6 +311,8 @@ pub struct AckRecord {
 /// What an acknowledgement did.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AckOutcome {
+    /// The command's tenant (what its events are published under).
+    pub tenant: Option<String>,
     /// The command's state afterwards.
     pub state: CommandState,
     /// False when it was stale (recorded only).
@@ -338,6 +351,8 @@ pub enum QueueOp {
     Deliver {
         /// The gateway.
         gateway_id: String,
+        /// Its tenant (from its credentials).
+        tenant: String,
         /// In-flight window.
         max_in_flight: usize,
         /// What to send again.
@@ -348,8 +363,23 @@ pub enum QueueOp {
     Ack {
         /// The gateway that reported.
         gateway_id: String,
+        /// Its tenant (from its credentials).
+        tenant: String,
         /// The acknowledgement.
         ack: CommandAck,
+        /// In-flight window for the follow-up delivery.
+        max_in_flight: usize,
+    },
+    /// [`CommandQueue::refuse`], then a delivery of what now fits the window.
+    Refuse {
+        /// The gateway the command was for.
+        gateway_id: String,
+        /// Its tenant.
+        tenant: String,
+        /// The command.
+        id: CommandId,
+        /// Why the server will not send it.
+        detail: String,
         /// In-flight window for the follow-up delivery.
         max_in_flight: usize,
     },
@@ -364,6 +394,13 @@ pub enum QueueOutput {
     Acked {
         /// What the acknowledgement did.
         outcome: AckOutcome,
+        /// Commands that now fit the window.
+        next: Delivery,
+    },
+    /// The command the server refused to send, and the follow-up delivery.
+    Refused {
+        /// The change to `rejected`; `None` when the command had already finished.
+        change: Option<StateChange>,
         /// Commands that now fit the window.
         next: Delivery,
     },
@@ -384,6 +421,10 @@ pub struct Sweep {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct CommandFilter {
+    /// Only this tenant's (applied in the store, before `limit`). The operator API always
+    /// sets it to the caller's tenant; `None` lists every tenant's commands (server-side code
+    /// only).
+    pub tenant: Option<String>,
     /// Only this gateway's.
     pub gateway_id: Option<String>,
     /// Only in this state.
@@ -395,6 +436,7 @@ pub struct CommandFilter {
 impl Default for CommandFilter {
     fn default() -> Self {
         CommandFilter {
+            tenant: None,
             gateway_id: None,
             state: None,
             limit: 100,
@@ -415,12 +457,13 @@ pub trait CommandQueue: Send + Sync + 'static {
         now_ms: i64,
     ) -> Result<Vec<CommandRecord>, Error>;
 
-    /// Commands to send to `gateway_id` now: first those `resend` selects again, then queued
-    /// ones by priority and age while fewer than `max_in_flight` are unfinished (moved to
-    /// `sent`).
+    /// Commands to send to `gateway_id` of `tenant` now: first those `resend` selects again,
+    /// then queued ones by priority and age while fewer than `max_in_flight` are unfinished
+    /// (moved to `sent`). Only commands of `tenant` are considered.
     fn take_for_delivery(
         &self,
         gateway_id: &str,
+        tenant: &str,
         now_ms: i64,
         max_in_flight: usize,
         resend: Resend,
@@ -441,21 +484,24 @@ pub trait CommandQueue: Send + Sync + 'static {
             .map(|op| match op {
                 QueueOp::Deliver {
                     gateway_id,
+                    tenant,
                     max_in_flight,
                     resend,
                 } => self
-                    .take_for_delivery(&gateway_id, now_ms, max_in_flight, resend)
+                    .take_for_delivery(&gateway_id, &tenant, now_ms, max_in_flight, resend)
                     .map(QueueOutput::Delivered),
                 QueueOp::Ack {
                     gateway_id,
+                    tenant,
                     ack,
                     max_in_flight,
                 } => self
-                    .record_ack(&gateway_id, &ack, now_ms)
+                    .record_ack(&gateway_id, &tenant, &ack, now_ms)
                     .and_then(|outcome| {
                         let next = if outcome.applied && outcome.state.is_terminal() {
                             self.take_for_delivery(
                                 &gateway_id,
+                                &tenant,
                                 now_ms,
                                 max_in_flight,
                                 Resend::Nothing,
@@ -465,26 +511,65 @@ pub trait CommandQueue: Send + Sync + 'static {
                         };
                         Ok(QueueOutput::Acked { outcome, next })
                     }),
+                QueueOp::Refuse {
+                    gateway_id,
+                    tenant,
+                    id,
+                    detail,
+                    max_in_flight,
+                } => self
+                    .refuse(&gateway_id, &tenant, &id, &detail, now_ms)
+                    .and_then(|change| {
+                        let next = self.take_for_delivery(
+                            &gateway_id,
+                            &tenant,
+                            now_ms,
+                            max_in_flight,
+                            Resend::Nothing,
+                        )?;
+                        Ok(QueueOutput::Refused { change, next })
+                    }),
             })
             .collect())
     }
 
-    /// Apply an acknowledgement from `gateway_id` (forward only; always recorded).
+    /// Apply an acknowledgement from `gateway_id` of `tenant` (forward only; always recorded).
+    /// A command of another gateway of the same tenant is [`Error::WrongGateway`]; one of
+    /// another tenant is [`Error::UnknownCommand`], as if it did not exist (nothing is
+    /// recorded).
     fn record_ack(
         &self,
         gateway_id: &str,
+        tenant: &str,
         ack: &CommandAck,
         now_ms: i64,
     ) -> Result<AckOutcome, Error>;
 
-    /// Cancel a command. `queued` cancels plainly; `sent`, `received` and `in_progress` only
-    /// with `force` — the gateway may already run it and is left to recover on its own.
+    /// The server will not send an unfinished command of `gateway_id`/`tenant` (its frame is
+    /// larger than the control channel allows): it becomes `rejected` with `detail`. `None`
+    /// when it had already finished; the same refusals as [`record_ack`](Self::record_ack)
+    /// for another gateway's or tenant's command.
+    fn refuse(
+        &self,
+        gateway_id: &str,
+        tenant: &str,
+        id: &CommandId,
+        detail: &str,
+        now_ms: i64,
+    ) -> Result<Option<StateChange>, Error>;
+
+    /// Cancel a command. `queued` and `sent` (written to the channel, not yet confirmed
+    /// `received`) cancel plainly; `received` and `in_progress` only with `force`. Either way
+    /// the gateway may already hold the command and run it: its later acknowledgements are
+    /// recorded but never move the command out of `canceled`, and the gateway is left to
+    /// recover on its own.
     fn cancel(&self, id: &CommandId, force: bool, now_ms: i64) -> Result<StateChange, Error>;
 
     /// One command.
     fn get(&self, id: &CommandId) -> Result<Option<CommandRecord>, Error>;
 
-    /// Commands matching `filter`, newest first.
+    /// Commands matching `filter`, newest first (the tenant and gateway filters apply before
+    /// the limit).
     fn list(&self, filter: &CommandFilter) -> Result<Vec<CommandRecord>, Error>;
 
     /// The acknowledgement history of a command, oldest first.

@@ -363,6 +363,7 @@ impl SqliteCommandQueue {
         &self,
         tx: &Transaction<'_>,
         gateway_id: &str,
+        tenant: &str,
         now_ms: i64,
         max_in_flight: usize,
         resend: Resend,
@@ -371,10 +372,10 @@ impl SqliteCommandQueue {
         let unfinished = select_many(
             tx,
             &format!(
-                "SELECT {COLUMNS} FROM commands WHERE gateway_id = ?1 \
+                "SELECT {COLUMNS} FROM commands WHERE gateway_id = ?1 AND tenant = ?2 \
                      AND state IN ('sent', 'received', 'in_progress') ORDER BY priority DESC, seq"
             ),
-            params![gateway_id],
+            params![gateway_id, tenant],
         )?;
         if resend != Resend::Nothing {
             for row in &unfinished {
@@ -411,10 +412,11 @@ impl SqliteCommandQueue {
         let queued = select_many(
             tx,
             &format!(
-                "SELECT {COLUMNS} FROM commands WHERE gateway_id = ?1 AND state = 'queued' \
-                     AND delivery_deadline_ms > ?2 ORDER BY priority DESC, seq LIMIT ?3"
+                "SELECT {COLUMNS} FROM commands WHERE gateway_id = ?1 AND tenant = ?2 \
+                     AND state = 'queued' AND delivery_deadline_ms > ?3 \
+                     ORDER BY priority DESC, seq LIMIT ?4"
             ),
-            params![gateway_id, now_ms, room as i64],
+            params![gateway_id, tenant, now_ms, room as i64],
         )?;
         for row in queued {
             let r = row.record;
@@ -444,17 +446,11 @@ impl SqliteCommandQueue {
         &self,
         tx: &Transaction<'_>,
         gateway_id: &str,
+        tenant: &str,
         ack: &CommandAck,
         now_ms: i64,
     ) -> Result<AckOutcome, Error> {
-        let row = select_one(tx, &ack.id)?.ok_or(Error::UnknownCommand { id: ack.id })?;
-        let r = row.record;
-        if r.gateway_id != gateway_id {
-            return Err(Error::WrongGateway {
-                id: ack.id,
-                gateway_id: gateway_id.to_owned(),
-            });
-        }
+        let r = select_owned(tx, gateway_id, tenant, &ack.id)?;
         let reported = CommandState::from(ack.state);
         let forward = !r.state.is_terminal() && reported.rank() > r.state.rank();
         let progress = !r.state.is_terminal()
@@ -477,6 +473,7 @@ impl SqliteCommandQueue {
         .map_err(Error::queue)?;
         if !applied {
             return Ok(AckOutcome {
+                tenant: r.tenant,
                 state: r.state,
                 applied: false,
                 change: None,
@@ -511,8 +508,66 @@ impl SqliteCommandQueue {
             applied: true,
             change: forward.then(|| change(&r, reported, now_ms, ack.detail.clone())),
             progress,
+            tenant: r.tenant,
         })
     }
+
+    fn refuse_in(
+        &self,
+        tx: &Transaction<'_>,
+        gateway_id: &str,
+        tenant: &str,
+        id: &CommandId,
+        detail: &str,
+        now_ms: i64,
+    ) -> Result<Option<StateChange>, Error> {
+        let r = select_owned(tx, gateway_id, tenant, id)?;
+        if r.state.is_terminal() {
+            return Ok(None);
+        }
+        write(
+            tx,
+            Update {
+                id,
+                state: CommandState::Rejected,
+                now_ms,
+                redeliver_at_ms: None,
+                step_deadline_ms: None,
+                delivery_deadline_ms: r.delivery_deadline_ms,
+                attempts_delta: 0,
+                detail: Some(detail),
+                result: None,
+            },
+        )?;
+        Ok(Some(change(
+            &r,
+            CommandState::Rejected,
+            now_ms,
+            Some(detail.to_owned()),
+        )))
+    }
+}
+
+/// The command `id` if it belongs to `gateway_id` of `tenant`. Another tenant's command is
+/// reported unknown (its existence is not revealed); another gateway's of the same tenant is
+/// [`Error::WrongGateway`].
+fn select_owned(
+    tx: &Transaction<'_>,
+    gateway_id: &str,
+    tenant: &str,
+    id: &CommandId,
+) -> Result<CommandRecord, Error> {
+    let r = select_one(tx, id)?
+        .map(|row| row.record)
+        .filter(|r| r.tenant.as_deref() == Some(tenant))
+        .ok_or(Error::UnknownCommand { id: *id })?;
+    if r.gateway_id != gateway_id {
+        return Err(Error::WrongGateway {
+            id: *id,
+            gateway_id: gateway_id.to_owned(),
+        });
+    }
+    Ok(r)
 }
 
 impl CommandQueue for SqliteCommandQueue {
@@ -536,20 +591,33 @@ impl CommandQueue for SqliteCommandQueue {
     fn take_for_delivery(
         &self,
         gateway_id: &str,
+        tenant: &str,
         now_ms: i64,
         max_in_flight: usize,
         resend: Resend,
     ) -> Result<Delivery, Error> {
-        self.with_tx(|tx| self.deliver_in(tx, gateway_id, now_ms, max_in_flight, resend))
+        self.with_tx(|tx| self.deliver_in(tx, gateway_id, tenant, now_ms, max_in_flight, resend))
     }
 
     fn record_ack(
         &self,
         gateway_id: &str,
+        tenant: &str,
         ack: &CommandAck,
         now_ms: i64,
     ) -> Result<AckOutcome, Error> {
-        self.with_tx(|tx| self.ack_in(tx, gateway_id, ack, now_ms))
+        self.with_tx(|tx| self.ack_in(tx, gateway_id, tenant, ack, now_ms))
+    }
+
+    fn refuse(
+        &self,
+        gateway_id: &str,
+        tenant: &str,
+        id: &CommandId,
+        detail: &str,
+        now_ms: i64,
+    ) -> Result<Option<StateChange>, Error> {
+        self.with_tx(|tx| self.refuse_in(tx, gateway_id, tenant, id, detail, now_ms))
     }
 
     fn apply(
@@ -563,22 +631,25 @@ impl CommandQueue for SqliteCommandQueue {
                 let result = match op {
                     QueueOp::Deliver {
                         gateway_id,
+                        tenant,
                         max_in_flight,
                         resend,
                     } => self
-                        .deliver_in(tx, &gateway_id, now_ms, max_in_flight, resend)
+                        .deliver_in(tx, &gateway_id, &tenant, now_ms, max_in_flight, resend)
                         .map(QueueOutput::Delivered),
                     QueueOp::Ack {
                         gateway_id,
+                        tenant,
                         ack,
                         max_in_flight,
                     } => self
-                        .ack_in(tx, &gateway_id, &ack, now_ms)
+                        .ack_in(tx, &gateway_id, &tenant, &ack, now_ms)
                         .and_then(|outcome| {
                             let next = if outcome.applied && outcome.state.is_terminal() {
                                 self.deliver_in(
                                     tx,
                                     &gateway_id,
+                                    &tenant,
                                     now_ms,
                                     max_in_flight,
                                     Resend::Nothing,
@@ -587,6 +658,25 @@ impl CommandQueue for SqliteCommandQueue {
                                 Delivery::default()
                             };
                             Ok(QueueOutput::Acked { outcome, next })
+                        }),
+                    QueueOp::Refuse {
+                        gateway_id,
+                        tenant,
+                        id,
+                        detail,
+                        max_in_flight,
+                    } => self
+                        .refuse_in(tx, &gateway_id, &tenant, &id, &detail, now_ms)
+                        .and_then(|change| {
+                            let next = self.deliver_in(
+                                tx,
+                                &gateway_id,
+                                &tenant,
+                                now_ms,
+                                max_in_flight,
+                                Resend::Nothing,
+                            )?;
+                            Ok(QueueOutput::Refused { change, next })
                         }),
                 };
                 // A storage failure rolls the whole batch back; refusals (unknown command,
@@ -613,19 +703,21 @@ impl CommandQueue for SqliteCommandQueue {
                     state: r.state,
                 });
             }
-            if r.state != CommandState::Queued && !force {
+            let plain = matches!(r.state, CommandState::Queued | CommandState::Sent);
+            if !plain && !force {
                 return Err(Error::CancelRequiresForce {
                     id: *id,
                     state: r.state,
                 });
             }
-            let detail = if r.state == CommandState::Queued {
-                "canceled before delivery".to_owned()
-            } else {
-                format!(
-                    "canceled with force while `{}`; the gateway may still run it and must recover on its own",
-                    r.state
-                )
+            let detail = match r.state {
+                CommandState::Queued => "canceled before delivery".to_owned(),
+                CommandState::Sent => "canceled before the gateway confirmed it; a gateway that \
+                    already got the frame may still run it"
+                    .to_owned(),
+                state => format!(
+                    "canceled with force while `{state}`; the gateway may still run it and must recover on its own"
+                ),
             };
             write(
                 tx,
@@ -656,12 +748,14 @@ impl CommandQueue for SqliteCommandQueue {
                 tx,
                 &format!(
                     "SELECT {COLUMNS} FROM commands WHERE (?1 IS NULL OR gateway_id = ?1) \
-                     AND (?2 IS NULL OR state = ?2) ORDER BY seq DESC LIMIT ?3"
+                     AND (?2 IS NULL OR state = ?2) AND (?4 IS NULL OR tenant = ?4) \
+                     ORDER BY seq DESC LIMIT ?3"
                 ),
                 params![
                     filter.gateway_id,
                     filter.state.map(|s| s.as_str()),
-                    filter.limit.min(i64::MAX as usize) as i64
+                    filter.limit.min(i64::MAX as usize) as i64,
+                    filter.tenant,
                 ],
             )?;
             Ok(rows.into_iter().map(|r| r.record).collect())
@@ -819,6 +913,11 @@ mod tests {
     use proptest::prelude::*;
 
     const NOW: i64 = 1_750_000_000_000;
+    const T: &str = "acme";
+
+    fn cmd(gateway_id: &str, kind: &str) -> NewCommand {
+        NewCommand::new(gateway_id, kind).tenant(T)
+    }
 
     fn queue() -> SqliteCommandQueue {
         SqliteCommandQueue::open_in_memory(QueueConfig {
@@ -841,14 +940,11 @@ mod tests {
     fn enqueue_validates_and_stores_defaults() {
         let q = queue();
         let err = q
-            .enqueue(
-                NewCommand::new("gw", "x").delivery_deadline_ms(NOW - 1),
-                NOW,
-            )
+            .enqueue(cmd("gw", "x").delivery_deadline_ms(NOW - 1), NOW)
             .unwrap_err();
         assert!(err.to_string().contains("delivery_deadline_ms"), "{err}");
-        assert!(q.enqueue(NewCommand::new("", "x"), NOW).is_err());
-        let r = q.enqueue(NewCommand::new("gw", "x"), NOW).unwrap();
+        assert!(q.enqueue(cmd("", "x"), NOW).is_err());
+        let r = q.enqueue(cmd("gw", "x"), NOW).unwrap();
         assert_eq!(r.delivery_deadline_ms, NOW + 24 * 3_600_000);
         assert_eq!(q.get(&r.id).unwrap().unwrap(), r);
         assert_eq!(q.next_timer_ms().unwrap(), Some(r.delivery_deadline_ms));
@@ -857,36 +953,38 @@ mod tests {
     #[test]
     fn acks_only_move_forward_and_are_all_recorded() {
         let q = queue();
-        let id = q.enqueue(NewCommand::new("gw", "x"), NOW).unwrap().id;
-        q.take_for_delivery("gw", NOW, 8, Resend::Nothing).unwrap();
+        let id = q.enqueue(cmd("gw", "x"), NOW).unwrap().id;
+        q.take_for_delivery("gw", T, NOW, 8, Resend::Nothing)
+            .unwrap();
         let o = q
-            .record_ack("gw", &ack(id, CommandAckState::InProgress), NOW + 1)
+            .record_ack("gw", T, &ack(id, CommandAckState::InProgress), NOW + 1)
             .unwrap();
         assert_eq!(o.state, CommandState::InProgress);
         // `received` after `in_progress` is stale.
         let o = q
-            .record_ack("gw", &ack(id, CommandAckState::Received), NOW + 2)
+            .record_ack("gw", T, &ack(id, CommandAckState::Received), NOW + 2)
             .unwrap();
         assert!(!o.applied);
         assert_eq!(o.state, CommandState::InProgress);
         let o = q
-            .record_ack("gw", &ack(id, CommandAckState::Failed), NOW + 3)
+            .record_ack("gw", T, &ack(id, CommandAckState::Failed), NOW + 3)
             .unwrap();
         assert_eq!(o.change.unwrap().to, CommandState::Failed);
         let o = q
-            .record_ack("gw", &ack(id, CommandAckState::Succeeded), NOW + 4)
+            .record_ack("gw", T, &ack(id, CommandAckState::Succeeded), NOW + 4)
             .unwrap();
         assert!(!o.applied);
         assert_eq!(q.get(&id).unwrap().unwrap().state, CommandState::Failed);
         let applied: Vec<bool> = q.acks(&id).unwrap().iter().map(|a| a.applied).collect();
         assert_eq!(applied, [true, false, true, false]);
         assert!(matches!(
-            q.record_ack("other", &ack(id, CommandAckState::Succeeded), NOW),
+            q.record_ack("other", T, &ack(id, CommandAckState::Succeeded), NOW),
             Err(Error::WrongGateway { .. })
         ));
         assert!(matches!(
             q.record_ack(
                 "gw",
+                T,
                 &ack(CommandId::new_v7(), CommandAckState::Succeeded),
                 NOW
             ),
@@ -898,19 +996,18 @@ mod tests {
     fn sweeps_redeliver_expire_and_time_out() {
         let q = queue();
         let sent = q
-            .enqueue(
-                NewCommand::new("gw", "a").delivery_deadline_ms(NOW + 5_000),
-                NOW,
-            )
+            .enqueue(cmd("gw", "a").delivery_deadline_ms(NOW + 5_000), NOW)
             .unwrap()
             .id;
-        q.take_for_delivery("gw", NOW, 8, Resend::Nothing).unwrap();
+        q.take_for_delivery("gw", T, NOW, 8, Resend::Nothing)
+            .unwrap();
         let running = q
-            .enqueue(NewCommand::new("gw2", "b").execution_timeout_ms(3_000), NOW)
+            .enqueue(cmd("gw2", "b").execution_timeout_ms(3_000), NOW)
             .unwrap()
             .id;
-        q.take_for_delivery("gw2", NOW, 8, Resend::Nothing).unwrap();
-        q.record_ack("gw2", &ack(running, CommandAckState::Received), NOW)
+        q.take_for_delivery("gw2", T, NOW, 8, Resend::Nothing)
+            .unwrap();
+        q.record_ack("gw2", T, &ack(running, CommandAckState::Received), NOW)
             .unwrap();
 
         assert_eq!(
@@ -953,20 +1050,21 @@ mod tests {
     fn each_acknowledgement_of_a_running_command_postpones_the_next_question() {
         let q = queue();
         let id = q
-            .enqueue(NewCommand::new("gw", "x").execution_timeout_ms(10_000), NOW)
+            .enqueue(cmd("gw", "x").execution_timeout_ms(10_000), NOW)
             .unwrap()
             .id;
-        q.take_for_delivery("gw", NOW, 8, Resend::Nothing).unwrap();
-        q.record_ack("gw", &ack(id, CommandAckState::Received), NOW)
+        q.take_for_delivery("gw", T, NOW, 8, Resend::Nothing)
+            .unwrap();
+        q.record_ack("gw", T, &ack(id, CommandAckState::Received), NOW)
             .unwrap();
         assert_eq!(q.next_timer_ms().unwrap(), Some(NOW + 1_000));
-        q.record_ack("gw", &ack(id, CommandAckState::InProgress), NOW + 800)
+        q.record_ack("gw", T, &ack(id, CommandAckState::InProgress), NOW + 800)
             .unwrap();
         assert_eq!(q.next_timer_ms().unwrap(), Some(NOW + 1_800));
         assert!(q.sweep(NOW + 1_799).unwrap().redeliver.is_empty());
         assert_eq!(q.sweep(NOW + 1_800).unwrap().redeliver[0].id, id);
         // Finished: no timer is left.
-        q.record_ack("gw", &ack(id, CommandAckState::Succeeded), NOW + 1_900)
+        q.record_ack("gw", T, &ack(id, CommandAckState::Succeeded), NOW + 1_900)
             .unwrap();
         assert_eq!(q.next_timer_ms().unwrap(), None);
     }
@@ -974,21 +1072,24 @@ mod tests {
     #[test]
     fn a_batch_runs_in_order_and_isolates_refusals() {
         let q = queue();
-        let a = q.enqueue(NewCommand::new("gw", "a"), NOW).unwrap().id;
-        let b = q.enqueue(NewCommand::new("gw", "b"), NOW).unwrap().id;
+        let a = q.enqueue(cmd("gw", "a"), NOW).unwrap().id;
+        let b = q.enqueue(cmd("gw", "b"), NOW).unwrap().id;
         let ops = vec![
             QueueOp::Deliver {
                 gateway_id: "gw".into(),
+                tenant: T.into(),
                 max_in_flight: 1,
                 resend: Resend::Nothing,
             },
             QueueOp::Ack {
                 gateway_id: "gw".into(),
+                tenant: T.into(),
                 ack: ack(CommandId::new_v7(), CommandAckState::Succeeded),
                 max_in_flight: 1,
             },
             QueueOp::Ack {
                 gateway_id: "gw".into(),
+                tenant: T.into(),
                 ack: ack(a, CommandAckState::Succeeded),
                 max_in_flight: 1,
             },
@@ -1009,17 +1110,181 @@ mod tests {
     }
 
     #[test]
+    fn delivery_and_acknowledgements_never_cross_tenants() {
+        let q = queue();
+        // A command stored for `gw` under another tenant (inconsistent data, or an id that
+        // moved tenants): the acme gateway `gw` must never get it, nor finish it.
+        let foreign = q
+            .enqueue(
+                NewCommand::new("gw", "device.door.open").tenant("globex"),
+                NOW,
+            )
+            .unwrap()
+            .id;
+        let legacy = q.enqueue(NewCommand::new("gw", "x"), NOW).unwrap().id;
+        let own = q.enqueue(cmd("gw", "flush"), NOW).unwrap().id;
+        let delivery = q
+            .take_for_delivery("gw", T, NOW, 8, Resend::Unfinished)
+            .unwrap();
+        let ids: Vec<CommandId> = delivery.commands.iter().map(|c| c.id).collect();
+        assert_eq!(ids, [own], "only acme's command goes to acme's gateway");
+        assert_eq!(
+            q.get(&foreign).unwrap().unwrap().state,
+            CommandState::Queued
+        );
+        assert_eq!(q.get(&legacy).unwrap().unwrap().state, CommandState::Queued);
+
+        // globex's gateway `gw` (were there one) gets globex's command only.
+        let delivery = q
+            .take_for_delivery("gw", "globex", NOW, 8, Resend::Nothing)
+            .unwrap();
+        assert_eq!(delivery.commands.len(), 1);
+        assert_eq!(delivery.commands[0].id, foreign);
+
+        // Acknowledgements from another tenant's gateway are refused as unknown and leave
+        // no trace; the owner's still work.
+        for (id, tenant) in [(foreign, T), (own, "globex")] {
+            assert!(matches!(
+                q.record_ack("gw", tenant, &ack(id, CommandAckState::Succeeded), NOW),
+                Err(Error::UnknownCommand { .. })
+            ));
+            assert!(q.acks(&id).unwrap().is_empty());
+        }
+        let outcome = q
+            .record_ack("gw", T, &ack(own, CommandAckState::Succeeded), NOW)
+            .unwrap();
+        assert_eq!(outcome.tenant.as_deref(), Some(T));
+        assert_eq!(q.get(&own).unwrap().unwrap().state, CommandState::Succeeded);
+        assert_eq!(q.get(&foreign).unwrap().unwrap().state, CommandState::Sent);
+    }
+
+    #[test]
+    fn listing_filters_by_tenant_before_the_limit() {
+        let q = queue();
+        for i in 0..3 {
+            q.enqueue(cmd("gw-a", &format!("a{i}")), NOW).unwrap();
+        }
+        for i in 0..5 {
+            q.enqueue(
+                NewCommand::new("gw-b", format!("b{i}")).tenant("globex"),
+                NOW,
+            )
+            .unwrap();
+        }
+        let filter = CommandFilter {
+            tenant: Some(T.into()),
+            limit: 2,
+            ..CommandFilter::default()
+        };
+        let kinds: Vec<String> = q
+            .list(&filter)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.kind)
+            .collect();
+        assert_eq!(kinds, ["a2", "a1"], "newest two of acme, not none");
+        let all = q
+            .list(&CommandFilter {
+                limit: 100,
+                ..CommandFilter::default()
+            })
+            .unwrap();
+        assert_eq!(all.len(), 8);
+    }
+
+    #[test]
+    fn a_sent_command_cancels_plainly_and_a_late_received_does_not_revive_it() {
+        let q = queue();
+        let id = q.enqueue(cmd("gw", "x"), NOW).unwrap().id;
+        q.take_for_delivery("gw", T, NOW, 8, Resend::Nothing)
+            .unwrap();
+        let change = q.cancel(&id, false, NOW + 1).unwrap();
+        assert_eq!(change.from, Some(CommandState::Sent));
+        assert_eq!(change.to, CommandState::Canceled);
+        assert!(change.detail.unwrap().contains("may still run it"));
+        let outcome = q
+            .record_ack("gw", T, &ack(id, CommandAckState::Received), NOW + 2)
+            .unwrap();
+        assert!(!outcome.applied);
+        assert_eq!(outcome.state, CommandState::Canceled);
+        assert_eq!(q.get(&id).unwrap().unwrap().state, CommandState::Canceled);
+        let acks = q.acks(&id).unwrap();
+        assert_eq!(acks.len(), 1);
+        assert_eq!(acks[0].state, CommandAckState::Received);
+        assert!(!acks[0].applied);
+        assert_eq!(
+            q.next_timer_ms().unwrap(),
+            None,
+            "no redelivery of a canceled command"
+        );
+
+        // `received` still needs force.
+        let id = q.enqueue(cmd("gw", "y"), NOW).unwrap().id;
+        q.take_for_delivery("gw", T, NOW, 8, Resend::Nothing)
+            .unwrap();
+        q.record_ack("gw", T, &ack(id, CommandAckState::Received), NOW)
+            .unwrap();
+        assert!(matches!(
+            q.cancel(&id, false, NOW),
+            Err(Error::CancelRequiresForce { .. })
+        ));
+        assert_eq!(q.cancel(&id, true, NOW).unwrap().to, CommandState::Canceled);
+    }
+
+    #[test]
+    fn a_refused_command_is_rejected_with_its_detail_and_frees_the_window() {
+        let q = queue();
+        let big = q.enqueue(cmd("gw", "big"), NOW).unwrap().id;
+        let next = q.enqueue(cmd("gw", "next"), NOW).unwrap().id;
+        let delivery = q
+            .take_for_delivery("gw", T, NOW, 1, Resend::Nothing)
+            .unwrap();
+        assert_eq!(delivery.commands[0].id, big);
+        let out = q
+            .apply(
+                vec![QueueOp::Refuse {
+                    gateway_id: "gw".into(),
+                    tenant: T.into(),
+                    id: big,
+                    detail: "too large".into(),
+                    max_in_flight: 1,
+                }],
+                NOW + 1,
+            )
+            .unwrap();
+        match &out[0] {
+            Ok(QueueOutput::Refused { change, next: more }) => {
+                let change = change.as_ref().expect("a change");
+                assert_eq!(change.to, CommandState::Rejected);
+                assert_eq!(change.tenant.as_deref(), Some(T));
+                assert_eq!(more.commands[0].id, next, "the window moved on");
+            }
+            other => panic!("{other:?}"),
+        }
+        let record = q.get(&big).unwrap().unwrap();
+        assert_eq!(record.state, CommandState::Rejected);
+        assert_eq!(record.detail.as_deref(), Some("too large"));
+        // Refusing again, or from another tenant, changes nothing.
+        assert_eq!(q.refuse("gw", T, &big, "again", NOW + 2).unwrap(), None);
+        assert!(matches!(
+            q.refuse("gw", "globex", &next, "x", NOW + 2),
+            Err(Error::UnknownCommand { .. })
+        ));
+    }
+
+    #[test]
     fn timers_and_states_survive_reopening() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("q.db");
         let id = {
             let q = SqliteCommandQueue::open(&path, QueueConfig::default()).unwrap();
             let id = q
-                .enqueue(NewCommand::new("gw", "x").execution_timeout_ms(2_000), NOW)
+                .enqueue(cmd("gw", "x").execution_timeout_ms(2_000), NOW)
                 .unwrap()
                 .id;
-            q.take_for_delivery("gw", NOW, 8, Resend::Nothing).unwrap();
-            q.record_ack("gw", &ack(id, CommandAckState::Received), NOW)
+            q.take_for_delivery("gw", T, NOW, 8, Resend::Nothing)
+                .unwrap();
+            q.record_ack("gw", T, &ack(id, CommandAckState::Received), NOW)
                 .unwrap();
             id
         };
@@ -1057,7 +1322,7 @@ mod tests {
             let q = queue();
             let id = q
                 .enqueue(
-                    NewCommand::new("gw", "x")
+                    cmd("gw", "x")
                         .delivery_deadline_ms(NOW + 10_000)
                         .execution_timeout_ms(5_000),
                     NOW,
@@ -1069,7 +1334,7 @@ mod tests {
             for step in steps {
                 match step {
                     Step::Deliver => {
-                        q.take_for_delivery("gw", now, 4, Resend::Unfinished).unwrap();
+                        q.take_for_delivery("gw", T, now, 4, Resend::Unfinished).unwrap();
                     }
                     Step::Ack(n) => {
                         let state = [
@@ -1079,7 +1344,7 @@ mod tests {
                             CommandAckState::Failed,
                             CommandAckState::Rejected,
                         ][n as usize];
-                        q.record_ack("gw", &ack(id, state), now).unwrap();
+                        q.record_ack("gw", T, &ack(id, state), now).unwrap();
                     }
                     Step::Sweep(dt) => {
                         now += dt;
