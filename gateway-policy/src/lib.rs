@@ -28,13 +28,34 @@
 //! [`Assignment`]s (tenant, group, gateway) to desired versions, tracks every gateway × policy in a
 //! [`RolloutTracker`] (pending, delivered, applied, rejected; staged rollouts with abort rules) and
 //! builds the update each gateway needs: a patch against the version it runs when the server
-//! still has it, the full document otherwise, signed when a key is configured. Everything takes
-//! the time as an argument; nothing reads a clock.
+//! still has it, the full document otherwise, signed when a key is configured, and never a
+//! frame larger than gateways accept ([`PolicyServerConfig::max_update_frame_bytes`], 1 MiB by
+//! default: a larger document is refused at publish with [`Error::PolicyTooLarge`]). Everything
+//! takes the time as an argument; nothing reads a clock.
 //!
 //! [`PolicyService`] runs a [`PolicyServer`] on tokio for a server binary: SQLite on the blocking
 //! pool, its own timer for staged rollouts, frames out through an [`UpdateSink`], rollout, status
 //! and audit events out through an [`EventSink`], tenancy for operators, and the operator HTTP API
 //! ([`PolicyService::operator_router`]; routes, bodies and error codes in `API.md`).
+//!
+//! ### Tenancy
+//! One server serves many tenants; no tenant's operator can reach another tenant's gateways or
+//! see its data:
+//! * every gateway belongs to the tenant of its credentials (given when it connects), every
+//!   [`Assignment`] to one tenant, and a gateway only ever receives assignments of its own tenant
+//!   ([`Assignment::covers`]), whatever group or gateway id their target names;
+//! * an operator names a gateway (sets its groups, assigns to it, reads its policies) only if it
+//!   is a gateway of the operator's tenant, else `404 not_found`. Give the service the server's
+//!   list of provisioned gateways ([`PolicyServiceBuilder::directory`], a
+//!   [`GatewayDirectory`](gateway_proto::auth::GatewayDirectory) such as `StaticTokens`) so
+//!   operators can prepare gateways before they first connect; without one, only gateways that
+//!   connected in the operator's tenant can be named;
+//! * a gateway that connects with another tenant than the one recorded keeps nothing of the old
+//!   one: its groups, the assignments naming it and its rollout targets are dropped;
+//! * policy names are one namespace, each owned by the tenant that first changed it through the
+//!   service; groups are per tenant;
+//! * every event and audit record goes to the tenant whose data it carries (rollout events once
+//!   per tenant, counted over its gateways).
 //!
 //! ### Wiring into a server with a control hub
 //! ```text
@@ -45,6 +66,7 @@
 //!         }
 //!     })
 //!     .events(move |kind: &str, tenant: &str, data: Value| { events.publish(kind, Some(tenant), data); })
+//!     .directory_arc(tokens.clone()) // Arc<StaticTokens>: the provisioned gateways and their tenants
 //!     .start().await?;
 //! let app = app.merge(policies.operator_router(authenticator.clone()));
 //! // From the hub's events:
@@ -72,19 +94,25 @@
 //! let outbox: Arc<Mutex<Vec<(String, PolicyUpdate)>>> = Arc::default();
 //! let events: Arc<Mutex<Vec<String>>> = Arc::default();
 //! let (sink, log) = (outbox.clone(), events.clone());
+//! // The server's tokens: who may call, and which tenant each gateway belongs to.
+//! let tokens = Arc::new(
+//!     StaticTokens::new()
+//!         .with("s3cret", Principal::new("acme", "ann", Role::Admin))
+//!         .with("gw-1-token", Principal::new("acme", "gw-1", Role::Gateway)),
+//! );
 //! let store = SqlitePolicyStore::open_in_memory().unwrap();
 //! let server = PolicyServer::new(store, PolicyServerConfig::default()).unwrap();
 //! let service = PolicyService::builder(server, move |gateway_id: &str, update: PolicyUpdate| {
 //!     sink.lock().unwrap().push((gateway_id.to_owned(), update));
 //! })
 //! .events(move |kind: &str, _tenant: &str, _data: Value| log.lock().unwrap().push(kind.into()))
+//! .directory_arc(tokens.clone())
 //! .start()
 //! .await
 //! .unwrap();
 //!
 //! // The operator API, to merge into the server's router.
-//! let tokens = StaticTokens::new().with("s3cret", Principal::new("acme", "ann", Role::Admin));
-//! let _operator_routes: axum::Router = service.operator_router(Arc::new(tokens));
+//! let _operator_routes: axum::Router = service.operator_router(tokens);
 //!
 //! // A gateway connects, running nothing yet.
 //! let (mut gateway, _) =

@@ -394,6 +394,62 @@ async fn a_reprovisioned_gateway_leaves_its_old_tenants_rollouts() {
     assert!(view.gateway.groups.is_empty() && view.policies.is_empty());
 }
 
+/// On `PolicyServer` itself, whatever the integrator assigns: an assignment reaches only gateways
+/// of its tenant, even when its target names another tenant's gateway id or a group that
+/// gateway is in; and registering a gateway in another tenant drops what named it.
+#[test]
+fn assignments_reach_only_gateways_of_their_tenant() {
+    let store = SqlitePolicyStore::open_in_memory().unwrap();
+    let mut server = PolicyServer::new(store, PolicyServerConfig::default()).unwrap();
+    server
+        .register_gateway(GatewayInfo::new("gw-g", "globex").with_group("eu"), 0)
+        .unwrap();
+    server
+        .register_gateway(GatewayInfo::new("gw-a", "acme").with_group("eu"), 0)
+        .unwrap();
+    assert!(server.connect("gw-g", "globex", &[], 1).unwrap().is_empty());
+    server
+        .publish("fw", json!({"v": 1}), "ann", "", None, 2)
+        .unwrap();
+    let acme = |target: Target| Assignment {
+        policy: "fw".into(),
+        tenant: "acme".into(),
+        target,
+        version: None,
+        assigned_at: 3,
+        author: "ann".into(),
+    };
+    for target in [Target::Gateway("gw-g".into()), Target::Group("eu".into())] {
+        let change = server.assign(acme(target), None, 3).unwrap();
+        assert!(change.updates.is_empty(), "nothing for globex's gateway");
+    }
+    assert!(server.desired_versions("gw-g").is_empty());
+    assert_eq!(server.desired_versions("gw-a").get("fw"), Some(&1));
+    // A tenant target must be the assignment's own tenant.
+    assert!(matches!(
+        server.assign(acme(Target::Tenant("globex".into())), None, 4),
+        Err(Error::InvalidParameter {
+            param_name: "tenant",
+            ..
+        })
+    ));
+    // gw-a moves to globex: acme's gateway assignment to gw-a would follow it; it is dropped.
+    server
+        .assign(acme(Target::Gateway("gw-a".into())), None, 5)
+        .unwrap();
+    server
+        .register_gateway(GatewayInfo::new("gw-a", "globex"), 6)
+        .unwrap();
+    assert!(server.desired_versions("gw-a").is_empty());
+    assert!(
+        !server
+            .assignments()
+            .all()
+            .any(|a| a.target == Target::Gateway("gw-a".into()))
+    );
+    assert!(server.gateway_status("gw-a").is_empty());
+}
+
 /// A policy published outside the service (no owner) and assigned to both tenants: every rollout
 /// event goes to one tenant and counts only its gateways; statuses go to their gateway's tenant;
 /// nothing is ever emitted with an empty tenant.

@@ -48,9 +48,13 @@ impl UpdateSink for tokio::sync::mpsc::UnboundedSender<Outgoing> {
 /// (SSE) and an audit log. Kinds and data shapes: [`PolicyEvent`] and [`AuditEvent`].
 ///
 /// Called with the service's lock held, in order; keep it quick (append to a log, push to a
-/// channel) and do not call back into the service. `tenant` is the tenant the event belongs to:
-/// the actor's for operator actions, the gateway's for statuses, the policy's owner for
-/// rollouts (empty for a policy no tenant owns).
+/// channel) and do not call back into the service. `tenant` is the tenant the event belongs to,
+/// and the event carries only that tenant's data, so a host may show it to that tenant's
+/// operators: the actor's tenant for operator actions and audit records, the gateway's for
+/// statuses (statuses from a gateway the server does not know are not reported), and for
+/// rollouts one event per tenant — the policy's owner and each tenant with a gateway in the
+/// rollout — counted over that tenant's gateways. No event stands for "every tenant": `tenant`
+/// is empty only for data of gateways that connected with an empty tenant.
 ///
 /// Closures `Fn(&str, &str, serde_json::Value)` and
 /// `tokio::sync::mpsc::UnboundedSender<PolicyEvent>` are sinks.
@@ -87,7 +91,7 @@ impl EventSink for tokio::sync::mpsc::UnboundedSender<PolicyEvent> {
 /// | `policy.rolled_back` | a rollback created a version | `{policy, version, to_version, checksum, author, message}` |
 /// | `policy.assigned` | an assignment was made or replaced | `{policy, target, version, author}` |
 /// | `policy.unassigned` | an assignment was removed | `{policy, target, author}` |
-/// | `policy.rollout` | a rollout started or changed state (`in_progress`, `completed`, `aborted`) | a [`RolloutSummary`](crate::RolloutSummary): `{id, policy, version, state, abort_reason, started_at_ms, total, released, pending, delivered, applied, rejected, superseded}` |
+/// | `policy.rollout` | a rollout started or changed state (`in_progress`, `completed`, `aborted`), once per tenant concerned | a [`RolloutView`](crate::RolloutView) counted over the event's tenant's gateways: `{id, policy, version, state, abort_reason, started_at_ms, total, released, pending, delivered, applied, rejected}` |
 /// | `policy.status` | a gateway answered an update | `{gateway_id, policy, version, state, reason, code, running_version, target_state, rollout}` |
 /// | `audit` | an operator action, successful or not | an [`AuditEvent`] |
 ///
@@ -96,7 +100,7 @@ impl EventSink for tokio::sync::mpsc::UnboundedSender<PolicyEvent> {
 pub struct PolicyEvent {
     /// The kind, one of the constants of this type.
     pub kind: String,
-    /// The tenant the event belongs to (empty for a policy no tenant owns).
+    /// The tenant the event belongs to; the data is that tenant's only (see [`EventSink`]).
     pub tenant: String,
     /// The event's data (see the table above).
     pub data: Value,
