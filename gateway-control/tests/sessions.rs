@@ -472,3 +472,81 @@ fn every_state_change_is_published_once() {
         .collect();
     assert_eq!(path, ["queued", "sent", "received", "failed"]);
 }
+
+#[test]
+fn a_command_too_large_for_the_channel_is_rejected_instead_of_sent() {
+    let mut pair = Pair::default_pair();
+    // The server sends no command frame over 2,000 bytes (the plane itself accepted it: a
+    // command stored under a larger limit, or by an older version).
+    pair.max_frame_bytes = Some(2_000);
+    pair.auto_complete = Some(Outcome::succeeded());
+    pair.advance(ms(100));
+    let big = pair
+        .enqueue(
+            NewCommand::new(GATEWAY, "device.upload").payload(serde_json::json!({
+                "blob": "x".repeat(5_000)
+            })),
+        )
+        .id;
+    let small = pair.enqueue(NewCommand::new(GATEWAY, "flush")).id;
+    pair.advance(ms(1_000));
+
+    let record = pair.command(&big);
+    assert_eq!(record.state, CommandState::Rejected);
+    let detail = record.detail.unwrap_or_default();
+    assert!(
+        detail.contains("2000 bytes") && detail.contains("never sent"),
+        "{detail}"
+    );
+    assert!(
+        !pair.executions.contains_key(&big),
+        "the gateway never got it"
+    );
+    assert!(
+        pair.server_received
+            .iter()
+            .all(|f| !matches!(f, ControlFrame::CommandAck(a) if a.id == big)),
+        "nothing came back for a frame that never left"
+    );
+    // The link stayed up and the next command went through.
+    assert_eq!(pair.command(&small).state, CommandState::Succeeded);
+    assert_eq!(pair.connect_attempts.len(), 1, "no reconnect loop");
+    let path: Vec<String> = pair
+        .logged("command.state")
+        .into_iter()
+        .filter(|e| e["id"] == big.to_string())
+        .map(|e| e["to"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(path, ["queued", "sent", "rejected"]);
+}
+
+#[test]
+fn a_sent_command_cancels_without_force_and_a_late_receipt_does_not_revive_it() {
+    let mut pair = Pair::default_pair();
+    pair.advance(ms(100));
+    // Enqueued while connected: written to the link, `received` not back yet (10 ms latency).
+    let id = pair.enqueue(NewCommand::new(GATEWAY, "door.open")).id;
+    assert_eq!(pair.command(&id).state, CommandState::Sent);
+    let change = pair.plane.cancel(&id, false).expect("a plain cancel");
+    assert_eq!(change.from, Some(CommandState::Sent));
+    assert_eq!(change.to, CommandState::Canceled);
+    pair.advance(ms(100));
+    // The frame was already on its way: the gateway got it and confirmed it. Documented: it
+    // may run it; the server records the receipt and keeps the command canceled.
+    assert_eq!(pair.executions.get(&id), Some(&1));
+    pair.complete(id, Outcome::succeeded());
+    pair.advance(ms(100));
+    let record = pair.command(&id);
+    assert_eq!(record.state, CommandState::Canceled);
+    let acks = pair.plane.queue().acks(&id).unwrap();
+    let reported: Vec<(CommandAckState, bool)> =
+        acks.iter().map(|a| (a.state, a.applied)).collect();
+    assert_eq!(
+        reported,
+        [
+            (CommandAckState::Received, false),
+            (CommandAckState::Succeeded, false)
+        ]
+    );
+    assert_eq!(pair.logged("command.ack_ignored").len(), 2);
+}

@@ -12,7 +12,7 @@ use gateway_control::gateway::{
     WireEncoding,
 };
 use gateway_control::server::{HubConfig, HubEvent, NewCommand, Transport};
-use gateway_control::{CommandState, ConnectionState, Error, GatewayEvent};
+use gateway_control::{CloseReason, CommandState, ConnectionState, Error, GatewayEvent};
 use gateway_proto::{
     ControlFrame, Encoding, ErrorCode, PolicyContent, PolicyState, PolicyStatus, PolicyUpdate,
 };
@@ -475,6 +475,7 @@ async fn operators_enqueue_over_http_and_follow_events_with_resumable_sse() {
 async fn a_new_session_supersedes_the_old_one_whose_late_close_keeps_the_gateway_online() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start(dir.path(), None, HubConfig::default());
+    let mut hub_events = server.hub.subscribe();
     let mut old = raw_connect(&server.url(), "gw-1-token", Encoding::Json).await;
     send(&mut old, &hello("gw-1"), Encoding::Json).await;
     assert!(matches!(
@@ -499,7 +500,22 @@ async fn a_new_session_supersedes_the_old_one_whose_late_close_keeps_the_gateway
     }
     drop(old);
     // ...and its end does not take the gateway offline: the new epoch owns the presence.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Wait until the hub has processed the old session's end (presence is updated before
+    // `SessionClosed` is published), so the check below cannot pass vacuously.
+    let reason = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            match hub_events.recv().await {
+                Ok(HubEvent::SessionClosed { epoch, reason, .. }) if epoch == old_epoch => {
+                    return reason;
+                }
+                Ok(_) => continue,
+                Err(e) => panic!("hub events: {e}"),
+            }
+        }
+    })
+    .await
+    .expect("the old session's end in time");
+    assert_eq!(reason, CloseReason::Superseded);
     let (_, new_epoch) = server.hub.session_of("gw-1").unwrap();
     assert!(new_epoch > old_epoch);
     let presence = server.hub.presence("gw-1").unwrap();
@@ -526,4 +542,236 @@ async fn a_new_session_supersedes_the_old_one_whose_late_close_keeps_the_gateway
         recv(&mut new, Encoding::Json).await,
         ControlFrame::HeartbeatAck(_)
     ));
+}
+
+/// `(status, content type, error code)` of an answer that must be an `ErrorBody`.
+async fn error_body(response: reqwest::Response) -> (u16, String, String) {
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let text = response.text().await.unwrap();
+    let body: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"));
+    let code = body["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{text}"
+    );
+    (status, content_type, code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_queries_and_oversized_bodies_get_error_bodies_not_plain_text() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), None, fast_hub());
+    let http = unpooled_http_client();
+    let id = server
+        .hub
+        .enqueue(NewCommand::new("gw-1", "flush"))
+        .unwrap()
+        .id;
+    let base = server.http();
+    let big = vec![b' '; 3 * 1024 * 1024]; // over axum's 2 MB default body limit
+    let cases = [
+        (
+            http.get(format!("{base}/v1/commands?limit=abc"))
+                .bearer_auth("admin-token"),
+            400,
+            "invalid_request",
+        ),
+        (
+            http.get(format!("{base}/v1/commands?limit=-1"))
+                .bearer_auth("admin-token"),
+            400,
+            "invalid_request",
+        ),
+        (
+            http.post(format!("{base}/v1/commands/{id}/cancel?force=maybe"))
+                .bearer_auth("admin-token"),
+            400,
+            "invalid_request",
+        ),
+        (
+            http.get(format!("{base}/v1/events?after=-1"))
+                .bearer_auth("admin-token"),
+            400,
+            "invalid_request",
+        ),
+        (
+            http.get(format!("{base}/v1/events?after=x"))
+                .bearer_auth("admin-token"),
+            400,
+            "invalid_request",
+        ),
+        (
+            http.get(format!("{base}/v1/commands/not-a-uuid"))
+                .bearer_auth("admin-token"),
+            400,
+            "invalid_request",
+        ),
+        (
+            http.post(format!("{base}/v1/gateways/gw-1/commands"))
+                .bearer_auth("admin-token")
+                .body(big.clone()),
+            413,
+            "payload_too_large",
+        ),
+        (
+            http.post(format!("{base}/v1/commands/{id}/ack"))
+                .bearer_auth("gw-1-token")
+                .body(big.clone()),
+            413,
+            "payload_too_large",
+        ),
+        (
+            http.post(format!("{base}/v1/gateways/gw-1/heartbeat"))
+                .bearer_auth("gw-1-token")
+                .body(big),
+            413,
+            "payload_too_large",
+        ),
+    ];
+    for (request, status, code) in cases {
+        let request = request.build().unwrap();
+        let what = format!("{} {}", request.method(), request.url());
+        // A server that refuses a body without reading it closes the connection; under load
+        // the client can see that reset before the answer. Such a transport error is retried
+        // (the answer itself is what is checked).
+        let mut attempts = 0;
+        let response = loop {
+            attempts += 1;
+            let again = request.try_clone().expect("a buffered body");
+            match http.execute(again).await {
+                Ok(response) => break response,
+                Err(e) if attempts < 5 => eprintln!("{what}: {e}; retrying"),
+                Err(e) => panic!("{what}: {e}"),
+            }
+        };
+        let (got_status, content_type, got_code) = error_body(response).await;
+        assert_eq!((got_status, got_code.as_str()), (status, code), "{what}");
+        assert!(
+            content_type.starts_with("application/json"),
+            "{what}: {content_type}"
+        );
+    }
+    // The command is untouched by the refused cancel.
+    assert_eq!(
+        server.hub.command(&id).unwrap().unwrap().state,
+        CommandState::Queued
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_larger_than_a_frame_is_refused_at_enqueue_with_413() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = fast_hub();
+    config.limits.max_frame_bytes = 4_096;
+    let server = TestServer::start(dir.path(), None, config);
+    let http = http_client();
+    let enqueue = |blob: usize| {
+        http.post(format!("{}/v1/gateways/gw-1/commands", server.http()))
+            .bearer_auth("admin-token")
+            .json(&serde_json::json!({"kind": "upload", "payload": {"blob": "x".repeat(blob)}}))
+            .send()
+    };
+    let (status, _, code) = error_body(enqueue(4_096).await.unwrap()).await;
+    assert_eq!((status, code.as_str()), (413, "payload_too_large"));
+    assert_eq!(enqueue(3_000).await.unwrap().status(), 201);
+    // The library call refuses it too.
+    let err = server
+        .hub
+        .enqueue(
+            NewCommand::new("gw-1", "upload")
+                .payload(serde_json::json!({"blob": "x".repeat(5_000)})),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::CommandTooLarge { limit: 4_096, .. }),
+        "{err}"
+    );
+    // So does a frame pushed past the queue.
+    let err = server
+        .hub
+        .send_frame("gw-1", ControlFrame::PolicyUpdate(big_policy(5_000)))
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::PayloadTooLarge);
+}
+
+fn big_policy(bytes: usize) -> PolicyUpdate {
+    PolicyUpdate {
+        name: "big".into(),
+        version: 1,
+        checksum: "e".repeat(64),
+        content: PolicyContent::Full {
+            document: serde_json::json!({"blob": "x".repeat(bytes)}),
+        },
+        signature: None,
+    }
+}
+
+/// A gateway that says hello and then never reads again; frames of 256 KiB pushed at it
+/// until the hub gives up on the connection. Returns the reason the session closed.
+async fn stall_a_gateway(config: HubConfig) -> CloseReason {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(dir.path(), None, config);
+    let mut hub_events = server.hub.subscribe();
+    let mut ws = raw_connect(&server.url(), "gw-1-token", Encoding::Json).await;
+    send(&mut ws, &hello("gw-1"), Encoding::Json).await;
+    assert!(matches!(
+        recv(&mut ws, Encoding::Json).await,
+        ControlFrame::Welcome(_)
+    ));
+    let update = ControlFrame::PolicyUpdate(big_policy(256 * 1024));
+    let start = Instant::now();
+    let mut pushed = 0;
+    // Loopback socket buffers hold a few MiB; 32 MiB is far more than they take.
+    while pushed < 128 && server.hub.send_frame("gw-1", update.clone()).is_ok() {
+        pushed += 1;
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let reason = tokio::time::timeout(TIMEOUT, async {
+        loop {
+            if let Ok(HubEvent::SessionClosed { reason, .. }) = hub_events.recv().await {
+                return reason;
+            }
+        }
+    })
+    .await
+    .expect("the stalled connection was closed");
+    assert!(start.elapsed() < TIMEOUT);
+    assert!(!server.hub.is_connected("gw-1"));
+    assert!(!server.hub.presence("gw-1").unwrap().online);
+    drop(ws);
+    reason
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_that_stops_reading_overflows_its_queue_and_is_disconnected() {
+    // 30 s heartbeats: silence plays no part; only the queue can give up here.
+    let config = HubConfig {
+        connection_queue_capacity: 4,
+        write_timeout_ms: 600_000,
+        ..HubConfig::default()
+    };
+    assert_eq!(stall_a_gateway(config).await, CloseReason::Backlogged);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_not_written_within_the_write_timeout_closes_the_connection() {
+    // The queue never fills here.
+    let config = HubConfig {
+        connection_queue_capacity: 100_000,
+        write_timeout_ms: 500,
+        ..HubConfig::default()
+    };
+    assert_eq!(stall_a_gateway(config).await, CloseReason::Backlogged);
 }

@@ -887,3 +887,60 @@ fn encode(frame: &ControlFrame, encoding: Encoding) -> Message {
         Encoding::Protobuf => Message::Binary(frame.to_protobuf().into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+
+    #[test]
+    fn a_full_connection_queue_refuses_the_message_and_tells_the_connection_to_close() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let tx = ConnTx {
+            tx,
+            backlogged: Arc::new(Notify::new()),
+        };
+        assert!(tx.send(ConnMsg::Deliver));
+        assert!(tx.send(ConnMsg::Deliver));
+        assert!(
+            tx.backlogged.notified().now_or_never().is_none(),
+            "not told while there is room"
+        );
+        assert!(!tx.send(ConnMsg::Deliver), "full: not queued");
+        assert!(
+            tx.backlogged.notified().now_or_never().is_some(),
+            "the connection is told to close"
+        );
+        // Once the connection is gone, sending fails quietly.
+        rx.close();
+        while rx.try_recv().is_ok() {}
+        assert!(!tx.send(ConnMsg::Deliver));
+        assert!(tx.backlogged.notified().now_or_never().is_none());
+    }
+
+    #[test]
+    fn config_validation_names_the_new_parameters() {
+        for (config, param) in [
+            (
+                HubConfig {
+                    connection_queue_capacity: 0,
+                    ..HubConfig::default()
+                },
+                "connection_queue_capacity",
+            ),
+            (
+                HubConfig {
+                    write_timeout_ms: 0,
+                    ..HubConfig::default()
+                },
+                "write_timeout_ms",
+            ),
+        ] {
+            match config.validate() {
+                Err(Error::InvalidConfig { param: got, .. }) => assert_eq!(got, param),
+                other => panic!("{param}: {other:?}"),
+            }
+        }
+        assert!(HubConfig::default().validate().is_ok());
+    }
+}

@@ -219,6 +219,17 @@ pub fn http_client() -> reqwest::Client {
         .unwrap()
 }
 
+/// A client that opens a new connection per request: the server closes a connection whose
+/// oversized body it refused without reading, so such requests must not share one.
+pub fn unpooled_http_client() -> reqwest::Client {
+    let tls = gateway_control::gateway::default_tls_config().unwrap();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured((*tls).clone())
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
 pub type RawWs =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
