@@ -3,7 +3,8 @@
 //! Both ends of `POST /v1/records`, so the client and the receiver can never drift apart:
 //!
 //! * **Client** — [`Uplink`] drains a [`gateway_buffer::Buffer`] to the server: it leases
-//!   batches (by record count, bytes or a linger interval), encodes them (protobuf by default,
+//!   batches (by record count, bytes or a linger interval), encodes them (protobuf by default:
+//!   the buffer's stored protobuf records are framed into the batch as they are, never decoded;
 //!   JSON as an option), gzips large bodies, posts them with `Idempotency-Key` and a bearer
 //!   token over reqwest + rustls (ring), and acks, releases or dead-letters each batch by the
 //!   answer. Several batches are in flight at once (default 2).
@@ -82,6 +83,7 @@
 
 mod config;
 mod error;
+mod frame;
 mod health;
 mod retry;
 mod source;

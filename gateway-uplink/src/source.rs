@@ -9,18 +9,21 @@ use std::fmt;
 use std::future::Future;
 
 use gateway_buffer::DeadLetter;
-use gateway_proto::Record;
+use gateway_proto::{Bytes, Record, pb};
+use prost::Message as _;
 use tokio::sync::watch;
 
 use crate::error::BoxError;
 
-/// Records handed out by a [`RecordSource`] until acked, released or dead-lettered.
+/// Records handed out by a [`RecordSource`] until acked, released or dead-lettered: decoded
+/// ([`Record`]) from [`RecordSource::lease`], or each a protobuf `gateway.v1.Record` message
+/// ([`Bytes`]) from [`RecordSource::lease_encoded`].
 #[derive(Debug, Clone, PartialEq)]
-pub struct SourceLease<L> {
+pub struct SourceLease<L, R = Record> {
     /// The lease's id.
     pub id: L,
     /// The records, oldest first; each with an id.
-    pub records: Vec<Record>,
+    pub records: Vec<R>,
     /// Encoded bytes of the records, as the source counts them.
     pub bytes: u64,
 }
@@ -42,6 +45,31 @@ pub trait RecordSource: Send + Sync + 'static {
         max_records: usize,
         max_bytes: u64,
     ) -> impl Future<Output = Result<Option<SourceLease<Self::LeaseId>>, BoxError>> + Send;
+
+    /// Like [`lease`](RecordSource::lease), but each record comes as the protobuf encoding of
+    /// a `gateway.v1.Record` (`gateway_proto::pb::Record`), which the uplink frames into a
+    /// protobuf batch without decoding it. The default leases decoded records and encodes
+    /// them; a source that stores records in that encoding (the [`Buffer`](gateway_buffer::Buffer))
+    /// hands them out as stored.
+    fn lease_encoded(
+        &self,
+        max_records: usize,
+        max_bytes: u64,
+    ) -> impl Future<Output = Result<Option<SourceLease<Self::LeaseId, Bytes>>, BoxError>> + Send
+    {
+        async move {
+            let lease = self.lease(max_records, max_bytes).await?;
+            Ok(lease.map(|l| SourceLease {
+                id: l.id,
+                records: l
+                    .records
+                    .iter()
+                    .map(|r| Bytes::from(pb::Record::from(r).encode_to_vec()))
+                    .collect(),
+                bytes: l.bytes,
+            }))
+        }
+    }
 
     /// The records were delivered: remove them.
     fn ack(&self, lease: Self::LeaseId) -> impl Future<Output = Result<(), BoxError>> + Send;
@@ -73,6 +101,21 @@ impl RecordSource for gateway_buffer::Buffer {
         max_bytes: u64,
     ) -> Result<Option<SourceLease<Self::LeaseId>>, BoxError> {
         let lease = gateway_buffer::Buffer::lease(self, max_records, max_bytes).await?;
+        Ok(lease.map(|l| SourceLease {
+            id: l.id,
+            records: l.records,
+            bytes: l.bytes,
+        }))
+    }
+
+    /// The stored records as they are ([`Buffer::lease_encoded`](gateway_buffer::Buffer::lease_encoded)):
+    /// no decoding, no copy.
+    async fn lease_encoded(
+        &self,
+        max_records: usize,
+        max_bytes: u64,
+    ) -> Result<Option<SourceLease<Self::LeaseId, Bytes>>, BoxError> {
+        let lease = gateway_buffer::Buffer::lease_encoded(self, max_records, max_bytes).await?;
         Ok(lease.map(|l| SourceLease {
             id: l.id,
             records: l.records,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use gateway_proto::{
-    Batch, BatchAck, Encoding, ErrorBody, ErrorCode, HEADER_IDEMPOTENCY_KEY, WireMessage,
+    BatchAck, BatchId, Encoding, ErrorBody, ErrorCode, HEADER_IDEMPOTENCY_KEY, WireMessage,
 };
 use reqwest::header::{self, HeaderValue};
 use rustls::pki_types::pem::PemObject as _;
@@ -78,9 +78,8 @@ impl Transport {
         })
     }
 
-    /// Encode a batch, gzipping it when it is large enough.
-    pub(crate) fn encode(&self, batch: &Batch) -> Body {
-        let plain = batch.encode(self.encoding);
+    /// The request body for an encoded batch, gzipped when it is large enough.
+    pub(crate) fn body(&self, plain: Vec<u8>) -> Body {
         match self.gzip_min_bytes {
             Some(min) if plain.len() >= min => {
                 let mut encoder = flate2::write::GzEncoder::new(
@@ -109,14 +108,14 @@ impl Transport {
     }
 
     /// Post one encoded batch.
-    pub(crate) async fn post(&self, batch: &Batch, body: Body) -> Attempt {
+    pub(crate) async fn post(&self, batch_id: BatchId, body: Body) -> Attempt {
         let mut request = self
             .client
             .post(self.url.clone())
             .header(header::AUTHORIZATION, self.authorization.clone())
             .header(header::CONTENT_TYPE, self.encoding.content_type())
             .header(header::ACCEPT, self.encoding.content_type())
-            .header(HEADER_IDEMPOTENCY_KEY, batch.batch_id.to_string());
+            .header(HEADER_IDEMPOTENCY_KEY, batch_id.to_string());
         if body.gzipped {
             request = request.header(header::CONTENT_ENCODING, "gzip");
         }
@@ -309,6 +308,7 @@ fn read_certs(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gateway_proto::Batch;
 
     #[test]
     fn retry_after_seconds_parse_and_dates_are_ignored() {
@@ -343,9 +343,9 @@ mod tests {
             .with_id(gateway_proto::RecordId::new_v7())
         };
         let small = Batch::new("gw", vec![record(0)]);
-        assert!(!transport.encode(&small).gzipped);
+        assert!(!transport.body(small.to_protobuf()).gzipped);
         let big = Batch::new("gw", (0..50).map(record).collect());
-        let body = transport.encode(&big);
+        let body = transport.body(big.to_protobuf());
         assert!(body.gzipped);
         assert!(body.bytes.len() < big.to_protobuf().len());
     }

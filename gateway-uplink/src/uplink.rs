@@ -16,18 +16,23 @@
 //! dead-letter store with a reason. A record whose answer was lost (timeout after the server
 //! stored it) is sent again and counted by the server as a duplicate.
 
+use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use gateway_buffer::{Buffer, DeadLetter};
 use gateway_proto::clock::{Clock, SystemClock};
-use gateway_proto::{Batch, BatchAck, BatchId, ErrorCode, Record, UplinkHealth};
+use gateway_proto::{
+    Batch, BatchAck, BatchId, Bytes, Encoding, ErrorCode, Record, UplinkHealth, WireMessage,
+};
 use rand::{RngCore, SeedableRng};
 use serde::Serialize;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::error::BoxError;
+use crate::frame::protobuf_batch;
 use crate::health::{FailureKind, HealthStatus, HealthTracker};
 use crate::retry::{Backoff, Failure, RetryDecision, StatusClass, classify_status};
 use crate::source::{RecordSource, SourceLease};
@@ -177,6 +182,7 @@ impl UplinkBuilder {
             flushing: 0,
         };
         let workers = self.config.in_flight;
+        let encoding = Encoding::from(self.config.encoding);
         let shared = Arc::new(Shared {
             source,
             transport,
@@ -189,7 +195,11 @@ impl UplinkBuilder {
             health: watch::Sender::new(UplinkHealth::Healthy),
         });
         let handles = (0..workers)
-            .map(|_| tokio::spawn(worker(shared.clone())))
+            .map(|_| match encoding {
+                // Stored protobuf records are framed into the batch as they are.
+                Encoding::Protobuf => tokio::spawn(worker::<S, Bytes>(shared.clone())),
+                Encoding::Json => tokio::spawn(worker::<S, Record>(shared.clone())),
+            })
             .collect();
         Ok(Uplink {
             handle: UplinkHandle { shared },
@@ -415,13 +425,60 @@ async fn phase_at_least(phase: &mut watch::Receiver<Phase>, abort_only: bool) {
     }
 }
 
+/// What a worker leases and how it turns a group of leases into a request body: decoded
+/// records for the JSON encoding, stored protobuf records (framed without decoding) for
+/// protobuf.
+trait Payload: Send + Sync + Sized + 'static {
+    fn lease<S: RecordSource>(
+        source: &S,
+        max_records: usize,
+        max_bytes: u64,
+    ) -> impl Future<Output = Result<Option<SourceLease<S::LeaseId, Self>>, BoxError>> + Send;
+
+    /// The request body before compression.
+    fn encode(batch_id: BatchId, gateway_id: &str, records: Vec<Self>) -> Vec<u8>;
+}
+
+impl Payload for Record {
+    fn lease<S: RecordSource>(
+        source: &S,
+        max_records: usize,
+        max_bytes: u64,
+    ) -> impl Future<Output = Result<Option<SourceLease<S::LeaseId, Self>>, BoxError>> + Send {
+        source.lease(max_records, max_bytes)
+    }
+
+    fn encode(batch_id: BatchId, gateway_id: &str, records: Vec<Self>) -> Vec<u8> {
+        Batch {
+            batch_id,
+            gateway_id: gateway_id.to_owned(),
+            records,
+        }
+        .to_json()
+    }
+}
+
+impl Payload for Bytes {
+    fn lease<S: RecordSource>(
+        source: &S,
+        max_records: usize,
+        max_bytes: u64,
+    ) -> impl Future<Output = Result<Option<SourceLease<S::LeaseId, Self>>, BoxError>> + Send {
+        source.lease_encoded(max_records, max_bytes)
+    }
+
+    fn encode(batch_id: BatchId, gateway_id: &str, records: Vec<Self>) -> Vec<u8> {
+        protobuf_batch(&batch_id, gateway_id, &records)
+    }
+}
+
 struct Signals {
     wake: watch::Receiver<u64>,
     phase: watch::Receiver<Phase>,
     appended: watch::Receiver<u64>,
 }
 
-async fn worker<S: RecordSource>(shared: Arc<Shared<S>>) {
+async fn worker<S: RecordSource, P: Payload>(shared: Arc<Shared<S>>) {
     let mut signals = Signals {
         wake: shared.wake.subscribe(),
         phase: shared.phase.subscribe(),
@@ -465,7 +522,7 @@ async fn worker<S: RecordSource>(shared: Arc<Shared<S>>) {
             let state = shared.state();
             (state.batch_max_records, state.batch_max_bytes)
         };
-        let first = match shared.source.lease(max_records, max_bytes).await {
+        let first = match P::lease(&shared.source, max_records, max_bytes).await {
             Ok(Some(lease)) => lease,
             Ok(None) => {
                 tokio::select! {
@@ -496,22 +553,22 @@ async fn worker<S: RecordSource>(shared: Arc<Shared<S>>) {
     }
 }
 
-fn group_size<L>(group: &[SourceLease<L>]) -> (usize, u64) {
+fn group_size<L, P>(group: &[SourceLease<L, P>]) -> (usize, u64) {
     group
         .iter()
         .fold((0, 0), |(r, b), l| (r + l.records.len(), b + l.bytes))
 }
 
 /// Wait up to `linger_ms` for a partial batch to fill, leasing more as appends arrive.
-async fn linger<S: RecordSource>(
+async fn linger<S: RecordSource, P: Payload>(
     shared: &Shared<S>,
-    group: &mut Vec<SourceLease<S::LeaseId>>,
+    group: &mut Vec<SourceLease<S::LeaseId, P>>,
     signals: &mut Signals,
     max_records: usize,
     max_bytes: u64,
 ) {
     let linger = Duration::from_millis(shared.config.batch.linger_ms);
-    let full = |group: &[SourceLease<S::LeaseId>]| {
+    let full = |group: &[SourceLease<S::LeaseId, P>]| {
         let (records, bytes) = group_size(group);
         records >= max_records || bytes >= max_bytes
     };
@@ -533,13 +590,12 @@ async fn linger<S: RecordSource>(
             () = phase_at_least(&mut signals.phase, false) => return,
         }
         let (records, bytes) = group_size(group);
-        match shared
-            .source
-            .lease(
-                max_records - records,
-                max_bytes.saturating_sub(bytes).max(1),
-            )
-            .await
+        match P::lease(
+            &shared.source,
+            max_records - records,
+            max_bytes.saturating_sub(bytes).max(1),
+        )
+        .await
         {
             Ok(Some(more)) => group.push(more),
             Ok(None) => {}
@@ -554,7 +610,10 @@ async fn linger<S: RecordSource>(
     }
 }
 
-async fn release_all<S: RecordSource>(shared: &Shared<S>, group: Vec<SourceLease<S::LeaseId>>) {
+async fn release_all<S: RecordSource, P>(
+    shared: &Shared<S>,
+    group: Vec<SourceLease<S::LeaseId, P>>,
+) {
     for lease in group {
         if let Err(e) = shared.source.release(lease.id).await {
             // The lease will expire and its records return to the queue by themselves.
@@ -566,21 +625,18 @@ async fn release_all<S: RecordSource>(shared: &Shared<S>, group: Vec<SourceLease
 /// The lease ids of a group and the number of records each contributed, in order.
 type Layout<L> = Vec<(L, usize)>;
 
-async fn send_group<S: RecordSource>(
+async fn send_group<S: RecordSource, P: Payload>(
     shared: &Shared<S>,
-    group: Vec<SourceLease<S::LeaseId>>,
+    group: Vec<SourceLease<S::LeaseId, P>>,
     phase: &mut watch::Receiver<Phase>,
 ) {
     let layout: Layout<S::LeaseId> = group.iter().map(|l| (l.id, l.records.len())).collect();
     let bytes: u64 = group.iter().map(|l| l.bytes).sum();
-    let records: Vec<Record> = group.into_iter().flat_map(|l| l.records).collect();
+    let records: Vec<P> = group.into_iter().flat_map(|l| l.records).collect();
     let count = records.len();
-    let batch = Batch {
-        batch_id: BatchId::new_v7(),
-        gateway_id: shared.config.gateway_id.clone(),
-        records,
-    };
-    let body = shared.transport.encode(&batch);
+    let batch_id = BatchId::new_v7();
+    let plain = P::encode(batch_id, &shared.config.gateway_id, records);
+    let body = shared.transport.body(plain);
     let body_len = body.bytes.len() as u64;
     let epoch = {
         let mut state = shared.state();
@@ -592,7 +648,7 @@ async fn send_group<S: RecordSource>(
     metrics::counter!("gateway_uplink_bytes_total").increment(body_len);
     let started = Instant::now();
     let attempt = tokio::select! {
-        a = shared.transport.post(&batch, body) => Some(a),
+        a = shared.transport.post(batch_id, body) => Some(a),
         () = phase_at_least(phase, true) => None,
     };
     let elapsed = started.elapsed();
@@ -601,7 +657,7 @@ async fn send_group<S: RecordSource>(
         &layout,
         (count, bytes),
         epoch,
-        &batch,
+        batch_id,
         attempt,
         elapsed,
     )
@@ -618,13 +674,13 @@ async fn settle<S: RecordSource>(
     layout: &Layout<S::LeaseId>,
     (count, bytes): (usize, u64),
     epoch: u64,
-    batch: &Batch,
+    batch_id: BatchId,
     attempt: Option<Attempt>,
     elapsed: Duration,
 ) {
     match attempt {
         None => {
-            tracing::info!(batch = %batch.batch_id, "shutdown deadline passed; releasing a batch in flight");
+            tracing::info!(batch = %batch_id, "shutdown deadline passed; releasing a batch in flight");
             release_all_ids(shared, layout).await;
         }
         Some(Attempt::Answered(ack)) if ack_adds_up(&ack, count) => {

@@ -394,6 +394,82 @@ async fn rejected_records_and_refused_batches_are_dead_lettered_with_reasons() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejections_in_a_batch_of_several_leases_reach_the_right_records() {
+    // One batch of three leases (the linger fills it): the server's indexes are
+    // into the whole batch, and each must land on the record it names, in both encodings
+    // (protobuf frames the stored records as they are, JSON decodes them).
+    for encoding in [WireEncoding::Protobuf, WireEncoding::Json] {
+        let rig = rig([]).await;
+        let config = UplinkConfig {
+            in_flight: 1,
+            encoding,
+            batch: BatchConfig {
+                max_records: 12,
+                linger_ms: 30_000,
+                ..BatchConfig::default()
+            },
+            ..fast_config(&rig.url)
+        };
+        let uplink = Uplink::start(rig.buffer.clone(), config).unwrap();
+        let mut ids = Vec::new();
+        for lease in 0..3 {
+            let mut records: Vec<Record> = (0..4).map(|i| record(lease * 4 + i)).collect();
+            match lease {
+                1 => records[1].stream = "Bad Stream".into(),
+                2 => records[2].timestamp_ms = 42,
+                _ => {}
+            }
+            ids.extend(append(&rig.buffer, records).await);
+            // Let the worker lease these four before the next append, so each append is a
+            // lease of its own (the third fills the batch, which then goes out).
+            let deadline = in_seconds(10);
+            while lease < 2
+                && rig.buffer.stats().await.unwrap().leased_records < 4 * (lease as u64 + 1)
+                && Instant::now() < deadline
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+        // The group is sent when it holds 12 records; wait for it without flush (flush
+        // would cut the linger short).
+        let deadline = in_seconds(10);
+        while uplink.status().counters.batches_acked == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let counters = uplink.status().counters;
+        assert_eq!(
+            counters.batches_acked, 1,
+            "{encoding:?}: one batch of three leases"
+        );
+        assert_eq!(counters.records_dead_lettered, 2, "{encoding:?}");
+        let mut got: Vec<(RecordId, String)> = rig
+            .buffer
+            .dead_letters(100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.record.id.unwrap(), l.code))
+            .collect();
+        got.sort();
+        let mut want = vec![
+            (ids[5], "invalid_stream".to_owned()),
+            (ids[10], "invalid_timestamp".to_owned()),
+        ];
+        want.sort();
+        assert_eq!(got, want, "{encoding:?}");
+        let good: Vec<RecordId> = ids
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| *i != 5 && *i != 10)
+            .map(|(_, id)| *id)
+            .collect();
+        assert_exactly_once(&rig.store, &good);
+        assert_eq!(rig.buffer.stats().await.unwrap().records, 0, "{encoding:?}");
+        uplink.shutdown(in_seconds(5)).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_413_halves_the_batch_instead_of_dead_lettering() {
     let rig = rig([Fault::TooLarge]).await;
     let ids = append(&rig.buffer, (0..40).map(record).collect()).await;
