@@ -35,9 +35,35 @@
 //!   succeeded | failed | rejected` (or `expired`, `timed_out`, `canceled`; see
 //!   [`CommandState`]). Their timers are stored with them: deadlines fire for gateways that
 //!   never return, and across server restarts. Late acknowledgements are recorded, never
-//!   applied backwards.
+//!   applied backwards. A `queued` or `sent` command cancels plainly, a `received` or
+//!   `in_progress` one only with `force`; in both later cases the gateway may already hold it
+//!   and run it, and is left to recover (its acknowledgements no longer move the command).
+//! * **Tenants never meet.** Gateway ids are unique across the server and a
+//!   [`GatewayDirectory`](gateway_proto::auth::GatewayDirectory) ([`server::HubBuilder::directory`])
+//!   says whose each is. A command is stored under its gateway's tenant, and an operator can
+//!   only enqueue for, read, list and cancel their own tenant's (another tenant's gateway or
+//!   command answers 404, exactly as a missing one). Delivery, redelivery, the REST fetch and
+//!   acknowledgements name the gateway *and* the tenant of its token, so a command reaches,
+//!   and is finished by, only a session of its own gateway and tenant. A gateway whose token
+//!   names another tenant than the directory gets an `error` frame (`forbidden`) and a close
+//!   at the handshake (403 on the REST fallback), and presence never moves a gateway id to
+//!   another tenant. Without a directory ([`Hub::new`]) the hub knows only gateways that
+//!   connected since it started, under the tenant they first connected with, and refuses
+//!   commands for any other — safe, but a command for an offline gateway waits for it to
+//!   reconnect after a server restart: give production servers a directory.
+//! * **Events are tenant-scoped**: every command and presence event is published under its
+//!   tenant; the SSE stream shows an operator only their own tenant's events, and events
+//!   published without a tenant reach no operator.
+//! * **Frames fit the channel**: a command whose `command` frame would exceed
+//!   `limits.max_frame_bytes` is refused at enqueue (413 `payload_too_large`), and one already
+//!   queued is failed as `rejected` (with the sizes in its detail) instead of being sent to a
+//!   gateway that would refuse it and reconnect in a loop.
 //! * **Presence**: silent for 1.5 × the heartbeat interval means offline; session epochs keep
 //!   a late disconnect of an old session from marking a reconnected gateway offline.
+//! * **A stalled gateway cannot stall the server**: each connection's queue is bounded
+//!   ([`HubConfig::connection_queue_capacity`]) and each frame must be
+//!   written within `write_timeout_ms`; a gateway that stops reading is disconnected
+//!   ([`CloseReason::Backlogged`]) and gets what it missed on its next session.
 //! * **The link**: heartbeats carry a `StatusSnapshot`; two intervals without `heartbeat_ack`
 //!   mean the link is dead; reconnects use exponential backoff with full jitter
 //!   ([`backoff`]); frames produced while down wait in a bounded outbox and go out in order.
@@ -133,7 +159,9 @@
 //!
 //! ## Wiring a server and a gateway
 //!
-//! Server: open a [`SqliteCommandQueue`] and an [`EventLog`], build a [`Hub`], call
+//! Server: open a [`SqliteCommandQueue`] and an [`EventLog`], build a [`Hub`] with
+//! [`Hub::builder`] and the server's gateway directory
+//! ([`gateway_proto::auth::StaticTokens`] is both authenticator and directory), call
 //! [`Hub::spawn_timers`], and serve `hub.router()` (gateways) merged with
 //! `hub.operator_router()` and [`server::event_routes`] (operators). The application learns of
 //! sessions (with their `hello`, which carries `applied_policies`) and of frames the channel
@@ -176,6 +204,6 @@ pub use state::{CommandState, UnknownState};
 
 #[cfg(feature = "server")]
 pub use server::{
-    CommandQueue, ControlPlane, EventLog, Hub, HubConfig, HubEvent, NewCommand, ServerEvent,
-    ServerSession, ServerSessionConfig, ServerTransmit, SqliteCommandQueue,
+    CommandQueue, ControlPlane, EventLog, Hub, HubBuilder, HubConfig, HubEvent, NewCommand,
+    ServerEvent, ServerSession, ServerSessionConfig, ServerTransmit, SqliteCommandQueue,
 };

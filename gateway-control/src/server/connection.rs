@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use gateway_proto::{Command, ControlFrame, ErrorFrame, Hello, SessionId};
+use gateway_proto::{Command, CommandId, ControlFrame, ErrorFrame, Hello, SessionId};
 
 use super::plane::{ControlPlane, PlaneRequest, frame_len};
 use super::queue::Resend;
@@ -122,31 +122,32 @@ impl ServerConnection {
     /// [`PlaneRequest::Refuse`] turns it `rejected`.
     pub fn send_commands(&mut self, commands: Vec<Command>) {
         for command in commands {
+            let id = command.id;
             let frame = ControlFrame::Command(command);
-            if let Some(limit) = self.max_frame_bytes {
-                let size = frame_len(&frame);
-                if size > limit {
-                    let ControlFrame::Command(command) = frame else {
-                        continue;
-                    };
-                    tracing::warn!(id = %command.id, size, limit, "command frame too large; rejected instead of sent");
-                    self.requests.push_back(PlaneRequest::Refuse {
-                        gateway_id: self.gateway_id(),
-                        tenant: self.tenant(),
-                        id: command.id,
-                        detail: format!(
-                            "refused by the server: the command frame is {size} bytes, more than \
-                             the {limit} bytes the control channel carries (max_frame_bytes); \
-                             it was never sent"
-                        ),
-                    });
-                    continue;
-                }
-            }
-            if let Err(e) = self.session.send(frame) {
+            let oversized = self
+                .max_frame_bytes
+                .map(|limit| (frame_len(&frame), limit))
+                .filter(|(size, limit)| size > limit);
+            if let Some((size, limit)) = oversized {
+                self.refuse(id, size, limit);
+            } else if let Err(e) = self.session.send(frame) {
                 tracing::debug!(error = %e, "command not sent now; it will be redelivered");
             }
         }
+    }
+
+    /// Ask the queue to reject a command whose frame is too large to send.
+    fn refuse(&mut self, id: CommandId, size: usize, limit: usize) {
+        tracing::warn!(%id, size, limit, "command frame too large: rejected instead of sent");
+        self.requests.push_back(PlaneRequest::Refuse {
+            gateway_id: self.gateway_id(),
+            tenant: self.tenant(),
+            id,
+            detail: format!(
+                "refused by the server: the command frame is {size} bytes, more than the \
+                 {limit} bytes the control channel carries (max_frame_bytes); it was never sent"
+            ),
+        });
     }
 
     /// Ask for whatever queued commands fit the in-flight window now.

@@ -199,7 +199,12 @@ impl<S: Send + Sync> FromRequest<S> for ApiBody {
 impl Hub {
     /// The gateway-facing routes: `GET /v1/control` (WebSocket) and the REST fallback
     /// (`POST /v1/gateways/{id}/heartbeat`, `GET /v1/gateways/{id}/commands`,
-    /// `POST /v1/commands/{id}/ack`).
+    /// `POST /v1/commands/{id}/ack`), each for a gateway token naming `{id}` (403
+    /// `identity_mismatch` otherwise). A gateway whose token's tenant is not the one the
+    /// gateway directory places it in is refused: `error` frame (`forbidden`) and close at
+    /// the WebSocket handshake, 403 `forbidden` on the REST routes. A gateway fetches only the
+    /// commands of its own id and tenant; acknowledging another tenant's command is 404
+    /// `not_found` (nothing is recorded), another gateway's of the same tenant 403.
     pub fn router(&self) -> Router {
         Router::new()
             .route("/v1/control", get(control_upgrade))

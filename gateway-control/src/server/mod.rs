@@ -14,7 +14,7 @@ mod session;
 pub use connection::{ConnectionEvent, ServerConnection};
 pub use events::{EventLog, EventLogConfig, LoggedEvent, Subscription};
 pub use http::{ApiError, authenticate, event_routes, event_stream};
-pub use hub::{Hub, HubConfig, HubEvent};
+pub use hub::{Hub, HubBuilder, HubConfig, HubEvent};
 pub use plane::{
     ControlPlane, EVENT_COMMAND_ACK_IGNORED, EVENT_COMMAND_PROGRESS, EVENT_COMMAND_STATE,
     EVENT_GATEWAY_OFFLINE, EVENT_GATEWAY_ONLINE, PlaneRequest,
