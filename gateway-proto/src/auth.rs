@@ -144,9 +144,10 @@ impl StaticTokens {
         if old.role != Role::Gateway {
             return;
         }
-        let still_named = self.tokens.values().any(|p| {
-            p.role == Role::Gateway && p.subject == old.subject && p.tenant == old.tenant
-        });
+        let still_named = self
+            .tokens
+            .values()
+            .any(|p| p.role == Role::Gateway && p.subject == old.subject && p.tenant == old.tenant);
         if !still_named && let Some(tenants) = self.gateways.get_mut(&old.subject) {
             tenants.retain(|t| t != &old.tenant);
             if tenants.is_empty() {
@@ -221,7 +222,11 @@ mod tests {
         assert!(tokens.ambiguous_gateways().is_empty());
 
         tokens.insert("e", Principal::new("globex", "gw-1", Role::Gateway));
-        assert_eq!(tokens.tenant_of("gw-1"), None, "an id of two tenants belongs to none");
+        assert_eq!(
+            tokens.tenant_of("gw-1"),
+            None,
+            "an id of two tenants belongs to none"
+        );
         assert_eq!(tokens.ambiguous_gateways(), vec!["gw-1".to_string()]);
 
         // Replacing the token removes the second tenant again.

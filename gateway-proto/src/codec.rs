@@ -133,8 +133,27 @@ macro_rules! wire_message {
     )*};
 }
 
+impl WireMessage for Batch {
+    fn to_json(&self) -> Vec<u8> {
+        // Strings, numbers, maps and JSON texts: serializing them cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    fn from_json(bytes: &[u8]) -> Result<Self, Error> {
+        Ok(serde_json::from_slice(bytes)?)
+    }
+
+    /// Written straight from the records (the same bytes as `pb::Batch::from(self)`).
+    fn to_protobuf(&self) -> Vec<u8> {
+        crate::wire::batch_to_vec(self)
+    }
+
+    fn from_protobuf(bytes: &[u8]) -> Result<Self, Error> {
+        pb::Batch::decode(bytes)?.try_into()
+    }
+}
+
 wire_message! {
-    Batch => pb::Batch,
     BatchAck => pb::BatchAck,
     ErrorBody => pb::ErrorBody,
     RegisterAgentRequest => pb::RegisterAgentRequest,

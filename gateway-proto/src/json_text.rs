@@ -11,7 +11,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::de::{self, DeserializeOwned, DeserializeSeed, Deserializer, MapAccess, SeqAccess};
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer, ser};
 use serde_json::value::RawValue;
 
 use crate::{Error, ErrorCode};
@@ -51,7 +51,7 @@ use crate::{Error, ErrorCode};
 /// assert!(JsonText::parse("{\"unterminated\": ").is_err());
 /// ```
 #[derive(Clone)]
-pub struct JsonText(Box<RawValue>);
+pub struct JsonText(Box<str>);
 
 impl JsonText {
     /// Check `text` and keep a copy of it (whitespace between tokens removed).
@@ -108,7 +108,7 @@ impl JsonText {
 
     /// The text.
     pub fn as_str(&self) -> &str {
-        self.0.get()
+        &self.0
     }
 
     /// Length of the text in bytes: the body's size on the wire.
@@ -121,26 +121,15 @@ impl JsonText {
         self.as_str().is_empty()
     }
 
-    /// The text as a [`RawValue`], to embed in other `serde_json` output as is.
-    pub fn as_raw_value(&self) -> &RawValue {
-        &self.0
-    }
-
     /// The text, giving up the wrapper.
     pub fn into_string(self) -> String {
-        Box::<str>::from(self.0).into_string()
+        self.0.into_string()
     }
 
     /// `text` has passed [`check`] and has no whitespace outside strings.
     fn from_checked_compact(text: String) -> Self {
-        // `from_string` scans the text once more (serde_json has no unchecked constructor);
-        // it cannot fail on a checked text, and `null` would be the only possible fallback.
-        JsonText(RawValue::from_string(text).unwrap_or_else(|_| null()))
+        JsonText(text.into_boxed_str())
     }
-}
-
-fn null() -> Box<RawValue> {
-    RawValue::NULL.to_owned()
 }
 
 /// The rules of a JSON body: what `serde_json` parses into a `Value`, without building it.
@@ -328,18 +317,21 @@ impl From<JsonText> for String {
 /// Written as the JSON value itself (not as a string) by `serde_json`.
 impl Serialize for JsonText {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(serializer)
+        // Through serde_json's `RawValue`, which `serde_json` serialisers write verbatim. It is
+        // borrowed from the text (one fast scan, no copy), so building and decoding bodies,
+        // which happens far more often than writing them as JSON, never pays for it.
+        let raw: &RawValue = serde_json::from_str(self.as_str()).map_err(ser::Error::custom)?;
+        raw.serialize(serializer)
     }
 }
 
 /// Read from any JSON value in a `serde_json` document, checked like [`JsonText::parse`].
 impl<'de> Deserialize<'de> for JsonText {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let raw = Box::<RawValue>::deserialize(deserializer)?;
-        let text = raw.get();
-        check(text).map_err(de::Error::custom)?;
-        Ok(match first_whitespace_outside_strings(text.as_bytes()) {
-            Some(at) => JsonText::from_checked_compact(compact(text, at)),
+        let raw: Box<str> = Box::<RawValue>::deserialize(deserializer)?.into();
+        check(&raw).map_err(de::Error::custom)?;
+        Ok(match first_whitespace_outside_strings(raw.as_bytes()) {
+            Some(at) => JsonText::from_checked_compact(compact(&raw, at)),
             None => JsonText(raw),
         })
     }

@@ -56,6 +56,7 @@ mod limits;
 pub mod pb;
 mod record;
 mod version;
+mod wire;
 
 pub use agent::{
     AgentCommand, AgentHeartbeatRequest, AgentHeartbeatResponse, RegisterAgentRequest,

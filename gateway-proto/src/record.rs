@@ -67,6 +67,18 @@ impl Record {
         self
     }
 
+    /// Append the protobuf encoding of the record (`gateway.v1.Record`) to `buf`: the bytes
+    /// `pb::Record::from(&record)` encodes to, written from the record's fields without
+    /// copying them first.
+    pub fn encode_protobuf(&self, buf: &mut Vec<u8>) {
+        crate::wire::write_record(self, buf);
+    }
+
+    /// Length in bytes of [`Record::encode_protobuf`]'s output.
+    pub fn protobuf_len(&self) -> usize {
+        crate::wire::record_len(self)
+    }
+
     /// The record's id, assigning a fresh UUIDv7 first if it has none.
     pub fn ensure_id(&mut self) -> RecordId {
         *self.id.get_or_insert_with(RecordId::new_v7)

@@ -459,9 +459,7 @@ fn store_in_transaction(
                 ));
             }
             encoded.clear();
-            pb::Record::from(record)
-                .encode(&mut encoded)
-                .map_err(|e| Error::Task(format!("protobuf encoding failed: {e}")))?;
+            record.encode_protobuf(&mut encoded);
             let rowid = (tenant_key << POSITION_BITS) | next_position as i64;
             insert
                 .execute(params![
