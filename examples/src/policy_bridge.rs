@@ -14,7 +14,7 @@ use gateway_control::server::{EventLog, Hub, HubEvent};
 use gateway_policy::{
     AuditEvent, PolicyEvent, PolicyServer, PolicyServerConfig, PolicyService, SqlitePolicyStore,
 };
-use gateway_proto::auth::Authenticator;
+use gateway_proto::auth::{Authenticator, GatewayDirectory};
 use gateway_proto::clock::Clock;
 use gateway_proto::{ControlFrame, PolicyUpdate};
 use serde_json::Value;
@@ -30,6 +30,7 @@ pub(crate) struct PolicyWiring {
     pub(crate) hub: Hub,
     pub(crate) events: EventLog,
     pub(crate) auth: Arc<dyn Authenticator>,
+    pub(crate) directory: Arc<dyn GatewayDirectory>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) audit: AuditLog,
 }
@@ -51,6 +52,7 @@ pub(crate) async fn start(wiring: PolicyWiring) -> anyhow::Result<PolicyParts> {
         hub,
         events,
         auth,
+        directory,
         clock,
         audit,
     } = wiring;
@@ -85,10 +87,9 @@ pub(crate) async fn start(wiring: PolicyWiring) -> anyhow::Result<PolicyParts> {
                 }
             }
         }
-        // Events of a policy no tenant owns yet carry an empty tenant: every operator sees them.
-        let tenant = (!tenant.is_empty()).then_some(tenant);
-        events.publish(kind, tenant, data);
+        events.publish(kind, Some(tenant), data);
     })
+    .directory_arc(directory)
     .start()
     .await
     .context("starting the policy service")?;

@@ -24,7 +24,7 @@ use gateway_control::server::{
     EventLog, EventLogConfig, Hub, HubConfig, QueueConfig, SqliteCommandQueue, event_routes,
 };
 use gateway_policy::{PolicyService, PolicySigner};
-use gateway_proto::auth::{Authenticator, Principal, Role, bearer_token};
+use gateway_proto::auth::{Authenticator, GatewayDirectory, Principal, Role, bearer_token};
 use gateway_proto::clock::{Clock, SystemClock};
 use gateway_proto::{ErrorBody, ErrorCode};
 use gateway_uplink::server::{Receiver, ReceiverConfig, SqliteRecordStore, SqliteStoreConfig};
@@ -166,7 +166,10 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
     } = options;
     let data_dir_lock = crate::lock_data_dir(&data_dir)?;
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let auth = config::authenticator(&config.tokens, &config.tenant)?;
+    // The token table is both the authenticator and the directory of provisioned gateways.
+    let tokens = Arc::new(config::tokens(&config.tokens, &config.tenant)?);
+    let auth: Arc<dyn Authenticator> = tokens.clone();
+    let directory: Arc<dyn GatewayDirectory> = tokens;
     let audit = AuditLog::open(&data_dir.join("audit.db"))?;
     let signer = config
         .policy
@@ -194,13 +197,15 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
     .context("opening the event log")?;
     let queue = SqliteCommandQueue::open(data_dir.join("commands.db"), config.queue.clone())
         .context("opening the command queue")?;
-    let hub = Hub::new(
+    let hub = Hub::builder(
         config.hub.clone(),
         Arc::new(queue),
         events.clone(),
         auth.clone(),
         clock.clone(),
     )
+    .directory(directory.clone())
+    .build()
     .context("starting the control hub")?;
     let mut background = vec![hub.spawn_timers()];
 
@@ -210,6 +215,7 @@ pub async fn start(options: ServerOptions) -> anyhow::Result<Server> {
         hub: hub.clone(),
         events: events.clone(),
         auth: auth.clone(),
+        directory,
         clock: clock.clone(),
         audit: audit.clone(),
     })
