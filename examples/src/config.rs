@@ -105,6 +105,11 @@ mod tests {
         assert_eq!(config.hub.session.heartbeat_interval_ms, 15_000);
         config.hub.validate().unwrap();
         config.receiver.validate().unwrap();
+        assert_eq!(config.receiver.ingest_roles, vec![Role::Gateway]);
+        assert_eq!(
+            ServerConfig::default().receiver.ingest_roles,
+            vec![Role::Gateway]
+        );
         let auth = authenticator(&config.tokens, &config.tenant).unwrap();
         let gateway = auth.authenticate("CHANGE-ME-lisbon-gateway-token").unwrap();
         assert_eq!(

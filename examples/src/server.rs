@@ -52,7 +52,7 @@ pub struct ServerConfig {
     pub queue: QueueConfig,
     /// Event stream history.
     pub events: EventLogConfig,
-    /// Ingest limits, rate limits and roles.
+    /// Ingest limits, rate limits and roles. Only gateway tokens may post records by default.
     pub receiver: ReceiverConfig,
     /// The record store.
     pub store: SqliteStoreConfig,
@@ -70,7 +70,11 @@ impl Default for ServerConfig {
             hub: HubConfig::default(),
             queue: QueueConfig::default(),
             events: EventLogConfig::default(),
-            receiver: ReceiverConfig::default(),
+            // Records reach the server through gateways; `ingest_roles` lets agents post too.
+            receiver: ReceiverConfig {
+                ingest_roles: vec![Role::Gateway],
+                ..ReceiverConfig::default()
+            },
             store: SqliteStoreConfig::default(),
             policy: gateway_policy::PolicyServerConfig::default(),
             shutdown_grace_ms: 5_000,

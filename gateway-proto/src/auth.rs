@@ -58,7 +58,28 @@ impl Principal {
             role,
         }
     }
+
+    /// Whether this principal may speak for agent `agent_id` (register, heartbeat, post its
+    /// records): its role is [`Role::Agent`] and its subject is `agent_id` or [`ANY_AGENT`].
+    /// Gateway, operator and admin tokens may not act as agents.
+    ///
+    /// ```
+    /// use gateway_proto::auth::{ANY_AGENT, Principal, Role};
+    ///
+    /// assert!(Principal::new("acme", "a1", Role::Agent).may_act_as_agent("a1"));
+    /// assert!(!Principal::new("acme", "a1", Role::Agent).may_act_as_agent("a2"));
+    /// assert!(Principal::new("acme", ANY_AGENT, Role::Agent).may_act_as_agent("a2"));
+    /// assert!(!Principal::new("acme", "a1", Role::Gateway).may_act_as_agent("a1"));
+    /// ```
+    pub fn may_act_as_agent(&self, agent_id: &str) -> bool {
+        self.role == Role::Agent && (self.subject == agent_id || self.subject == ANY_AGENT)
+    }
 }
+
+/// The subject of an agent token that may act as any agent of its tenant (a site-wide agent
+/// token, e.g. one baked into an installer). A token with any other subject speaks only for
+/// the agent of that id.
+pub const ANY_AGENT: &str = "*";
 
 /// Turns a bearer token into a [`Principal`].
 ///

@@ -13,7 +13,9 @@ pub struct IngestContext {
     pub principal: Principal,
     /// The batch id (also the `Idempotency-Key`).
     pub batch_id: BatchId,
-    /// The gateway id the batch names; empty for an agent posting to its gateway.
+    /// The gateway id of the credentials: a gateway's own id, empty when the caller is not a
+    /// gateway (an agent posting to its gateway). A batch's `gateway_id` is only checked
+    /// against it, never trusted in its place.
     pub gateway_id: String,
     /// Receiver's wall-clock time, ms since the epoch.
     pub received_at_ms: i64,

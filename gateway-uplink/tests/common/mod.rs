@@ -62,6 +62,10 @@ pub fn tokens() -> StaticTokens {
             "agent-token",
             Principal::new(TENANT, "agent-7", Role::Agent),
         )
+        .with(
+            "site-agent-token",
+            Principal::new(TENANT, gateway_proto::auth::ANY_AGENT, Role::Agent),
+        )
         .with(ADMIN_TOKEN, Principal::new(TENANT, "ops", Role::Admin))
         .with(
             "other-admin-token",

@@ -1,21 +1,19 @@
 //! Who may act as which agent.
 
-use gateway_proto::auth::{Principal, Role};
-
-/// The subject of an agent token that may act as any agent of its tenant (a site-wide agent
-/// token, e.g. one baked into an installer).
-pub const ANY_AGENT: &str = "*";
+pub use gateway_proto::auth::ANY_AGENT;
+use gateway_proto::auth::Principal;
 
 /// Whether `principal` may register or heartbeat as `agent_id`: its role is `agent`, and its
 /// subject is `agent_id` or [`ANY_AGENT`]. Gateway and admin tokens may not act as agents.
+/// The rule is [`Principal::may_act_as_agent`], shared with the record receiver.
 pub fn may_act_as(principal: &Principal, agent_id: &str) -> bool {
-    principal.role == Role::Agent
-        && (principal.subject == agent_id || principal.subject == ANY_AGENT)
+    principal.may_act_as_agent(agent_id)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gateway_proto::auth::Role;
 
     #[test]
     fn the_acting_rule() {
