@@ -98,4 +98,7 @@ pub use error::{BoxError, Error};
 pub use health::{FailureKind, HealthConfig, HealthStatus, HealthTracker};
 pub use retry::{Backoff, Failure, RetryDecision, RetryPolicy, StatusClass, classify_status};
 pub use source::{RecordSource, SourceLease};
-pub use uplink::{FlushOutcome, Uplink, UplinkBuilder, UplinkCounters, UplinkHandle, UplinkStatus};
+pub use uplink::{
+    FlushOutcome, REGROW_AFTER_BATCHES, Uplink, UplinkBuilder, UplinkCounters, UplinkHandle,
+    UplinkStatus,
+};

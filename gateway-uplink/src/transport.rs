@@ -134,8 +134,18 @@ impl Transport {
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| Encoding::from_content_type(v).ok());
-        let bytes = match response.bytes().await {
-            Ok(b) => b,
+        let bytes = match read_answer(response).await {
+            Ok(Some(b)) => b,
+            Ok(None) => {
+                // The server may have stored the batch; retrying is safe (dedup by record id).
+                return Attempt::Failed {
+                    failure: Failure::Connection,
+                    code: None,
+                    message: format!(
+                        "the server answered {status} with a body over {MAX_ANSWER_BYTES} bytes"
+                    ),
+                };
+            }
             Err(e) => return transport_failure(&e),
         };
         if status.is_success() {
@@ -174,6 +184,22 @@ impl Transport {
             message,
         }
     }
+}
+
+/// Largest answer body read from the server: a `BatchAck` rejecting every record of the
+/// largest batch with a long message fits many times over. A larger answer is not read.
+pub(crate) const MAX_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+
+/// The answer's body, or `None` when it is longer than [`MAX_ANSWER_BYTES`].
+async fn read_answer(mut response: reqwest::Response) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
 }
 
 fn transport_failure(e: &reqwest::Error) -> Attempt {

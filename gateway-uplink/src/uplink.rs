@@ -6,9 +6,9 @@
 //! | answer | the records |
 //! |---|---|
 //! | 200 `BatchAck` | acked; the ones listed in `rejected` are dead-lettered with the server's code and message |
-//! | 408, 429, 5xx, timeout, broken connection | released; retried after the backoff (`Retry-After` wins on 429/503) |
+//! | 408, 429, 5xx, timeout, broken connection, an answer over 16 MiB | released; retried after the backoff (`Retry-After` wins on 429/503) |
 //! | 401, 403, 404, 405, 407, 415, 3xx | released; the uplink is `down` and retries at the capped interval or on [`Uplink::wake`] |
-//! | 413 | released and the batch size halved; a single record still too large is dead-lettered |
+//! | 413 | released and the batch size halved; a single record still too large is dead-lettered. After [`REGROW_AFTER_BATCHES`] acked batches in a row the size doubles again, up to the configured one |
 //! | other 4xx | every record dead-lettered with the server's code and message |
 //!
 //! Nothing is dropped silently and nothing is retried for ever as is: a record either reaches
@@ -70,7 +70,8 @@ pub struct UplinkStatus {
     pub parked: bool,
     /// Batches posted and not yet settled (acked, released or dead-lettered).
     pub in_flight: usize,
-    /// Current batch size limit in records (halved after a 413).
+    /// Current batch size limit in records (halved after a 413, doubled again after
+    /// [`REGROW_AFTER_BATCHES`] acked batches).
     pub batch_max_records: usize,
     /// Totals.
     pub counters: UplinkCounters,
@@ -97,6 +98,10 @@ enum Phase {
     Abort,
 }
 
+/// Acked batches in a row after which a batch size halved by a 413 doubles again (up to the
+/// configured size), so a server whose limit was lowered for a while gets full batches back.
+pub const REGROW_AFTER_BATCHES: u32 = 32;
+
 struct State {
     backoff: Backoff<Box<dyn RngCore + Send>>,
     health: HealthTracker,
@@ -104,6 +109,8 @@ struct State {
     in_flight: usize,
     batch_max_records: usize,
     batch_max_bytes: u64,
+    /// Batches acked since the batch size was last halved or doubled.
+    acked_since_resize: u32,
     flushing: usize,
 }
 
@@ -179,6 +186,7 @@ impl UplinkBuilder {
             in_flight: 0,
             batch_max_records: self.config.batch.max_records,
             batch_max_bytes: self.config.batch.max_bytes,
+            acked_since_resize: 0,
             flushing: 0,
         };
         let workers = self.config.in_flight;
@@ -784,6 +792,7 @@ async fn on_ack<S: RecordSource>(shared: &Shared<S>, layout: &Layout<S::LeaseId>
     c.records_accepted += u64::from(ack.accepted);
     c.records_duplicate += u64::from(ack.duplicates);
     c.records_dead_lettered += rejected;
+    regrow_batch_size(&mut state, &shared.config);
     shared.publish_health(&state);
     drop(state);
     metrics::counter!("gateway_uplink_batches_total", "outcome" => "acked").increment(1);
@@ -793,6 +802,27 @@ async fn on_ack<S: RecordSource>(shared: &Shared<S>, layout: &Layout<S::LeaseId>
         .increment(u64::from(ack.duplicates));
     metrics::counter!("gateway_uplink_records_total", "outcome" => "dead_lettered")
         .increment(rejected);
+}
+
+/// One more acked batch: after [`REGROW_AFTER_BATCHES`] of them, double a batch size that a
+/// 413 reduced, up to the configured one.
+fn regrow_batch_size(state: &mut State, config: &UplinkConfig) {
+    let (max_records, max_bytes) = (config.batch.max_records, config.batch.max_bytes);
+    if state.batch_max_records >= max_records && state.batch_max_bytes >= max_bytes {
+        return;
+    }
+    state.acked_since_resize += 1;
+    if state.acked_since_resize < REGROW_AFTER_BATCHES {
+        return;
+    }
+    state.acked_since_resize = 0;
+    state.batch_max_records = state.batch_max_records.saturating_mul(2).min(max_records);
+    state.batch_max_bytes = state.batch_max_bytes.saturating_mul(2).min(max_bytes);
+    tracing::info!(
+        new_max_records = state.batch_max_records,
+        new_max_bytes = state.batch_max_bytes,
+        "batches were accepted again; sending larger ones"
+    );
 }
 
 async fn on_failure<S: RecordSource>(
@@ -814,6 +844,7 @@ async fn on_failure<S: RecordSource>(
             let mut state = shared.state();
             state.batch_max_records = (count / 2).max(1);
             state.batch_max_bytes = (bytes / 2).max(1);
+            state.acked_since_resize = 0;
             tracing::warn!(
                 records = count,
                 new_max_records = state.batch_max_records,

@@ -314,6 +314,83 @@ async fn limits_answer_413_and_stop_gzip_bombs() {
     assert!(stored_records(&store, TENANT).is_empty());
 }
 
+/// POST `body` to `url`/v1/records with chunked transfer encoding over a plain TCP socket,
+/// sending all of it before reading the answer; returns the answer's status line.
+async fn chunked_post(url: &str, body: &[u8]) -> String {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let addr = url.trim_start_matches("http://");
+    let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/records HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         authorization: Bearer {GATEWAY_TOKEN}\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    for chunk in body.chunks(64 * 1024) {
+        socket
+            .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+            .await
+            .expect("the receiver reads the body it refuses");
+        socket
+            .write_all(chunk)
+            .await
+            .expect("the receiver reads the body it refuses");
+        socket.write_all(b"\r\n").await.unwrap();
+    }
+    socket.write_all(b"0\r\n\r\n").await.unwrap();
+    let mut status = String::new();
+    tokio::io::BufReader::new(socket)
+        .read_line(&mut status)
+        .await
+        .expect("an answer, not a reset connection");
+    status
+}
+
+/// A client still sending a body the receiver already refused gets the 413, not a reset
+/// connection: bodies up to twice the limit are read to their end and thrown away. The
+/// bodies are larger than loopback socket buffers, so an early close would be seen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_body_still_gets_its_413_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let limit = 8 * 1024 * 1024;
+    let app = Receiver::new(store.clone(), Arc::new(tokens()))
+        .config(ReceiverConfig {
+            limits: Limits {
+                max_batch_bytes: limit,
+                ..Limits::default()
+            },
+            rate_limit: RateLimitConfig::unlimited(),
+            ..ReceiverConfig::default()
+        })
+        .into_router()
+        .unwrap();
+    let url = serve(app).await;
+    let big = vec![b' '; limit + limit / 2];
+    for round in 0..3 {
+        // With a Content-Length (refused before reading) and streamed without one (refused
+        // when the limit is crossed).
+        let answer = post_raw(
+            &url,
+            Some(GATEWAY_TOKEN),
+            "application/json",
+            false,
+            big.clone(),
+            &[],
+        )
+        .await;
+        assert_eq!(
+            answer.status,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "round {round}"
+        );
+        let streamed = chunked_post(&url, &big).await;
+        assert!(
+            streamed.starts_with("HTTP/1.1 413"),
+            "round {round}: {streamed}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authentication_and_roles() {
     let (_dir, store, url) = server().await;
@@ -365,6 +442,87 @@ async fn authentication_and_roles() {
     let agent = post(&url, "agent-token", &agent_batch, Encoding::Json, false).await;
     assert_eq!(agent.status, StatusCode::OK);
     assert_eq!(stored_records(&store, TENANT).len(), 1);
+}
+
+/// Every stored row of `tenant` as (record source, stored gateway id).
+fn stored_sources(store: &gateway_uplink::server::SqliteRecordStore) -> Vec<(String, String)> {
+    let query = gateway_uplink::server::ReadQuery {
+        stream: None,
+        after: 0,
+        limit: 1_000,
+    };
+    let page = store.read_blocking(TENANT, &query).unwrap();
+    page.records
+        .into_iter()
+        .map(|r| (r.record.source, r.gateway_id))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_credentials_not_the_body_say_who_sent_records() {
+    let (_dir, store, url) = server().await;
+    let mut other_agent = record(1);
+    other_agent.source = "agent-8".into();
+
+    // An agent token speaks for its own agent only: a record naming another agent is
+    // rejected by itself, the rest of the batch is stored, and the gateway id the body
+    // claims is not believed.
+    let batch = Batch::new("gw-2", vec![record(0), other_agent.clone()]);
+    let answer = post(&url, "agent-token", &batch, Encoding::Json, false).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    let ack = answer.ack();
+    assert_eq!(ack.accepted, 1);
+    assert_eq!(ack.rejected.len(), 1);
+    assert_eq!(ack.rejected[0].index, 1);
+    assert_eq!(ack.rejected[0].code, ErrorCode::IdentityMismatch);
+    assert!(
+        ack.rejected[0].message.contains("agent-8"),
+        "{:?}",
+        ack.rejected
+    );
+
+    // A rejection for a bad record and for a foreign source come out once each, in order.
+    let mut bad = record(2);
+    bad.stream = String::new();
+    let batch = Batch::new("", vec![bad, other_agent.clone(), record(3)]);
+    let ack = post(&url, "agent-token", &batch, Encoding::Protobuf, false)
+        .await
+        .ack();
+    assert_eq!(ack.accepted, 1);
+    assert_eq!(
+        ack.rejected
+            .iter()
+            .map(|r| (r.index, r.code.clone()))
+            .collect::<Vec<_>>(),
+        vec![
+            (0, ErrorCode::InvalidStream),
+            (1, ErrorCode::IdentityMismatch)
+        ]
+    );
+
+    // A site-wide agent token may send any agent's records.
+    let batch = Batch::new("", vec![other_agent]);
+    let ack = post(&url, "site-agent-token", &batch, Encoding::Json, false)
+        .await
+        .ack();
+    assert_eq!((ack.accepted, ack.rejected.len()), (1, 0));
+
+    // A gateway's records are stored under its own id, even when the body names none.
+    let batch = Batch::new("", vec![record(4)]);
+    let ack = post(&url, GATEWAY_TOKEN, &batch, Encoding::Json, false)
+        .await
+        .ack();
+    assert_eq!(ack.accepted, 1);
+
+    assert_eq!(
+        stored_sources(&store),
+        vec![
+            ("agent-7".to_string(), String::new()),
+            ("agent-7".to_string(), String::new()),
+            ("agent-8".to_string(), String::new()),
+            ("agent-7".to_string(), "gw-1".to_string()),
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

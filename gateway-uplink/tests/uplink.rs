@@ -493,6 +493,27 @@ async fn a_413_halves_the_batch_instead_of_dead_lettering() {
     assert_eq!(status.counters.records_dead_lettered, 0);
     // Halved by records and by bytes: two or three batches, depending on record sizes.
     assert!(status.counters.batches_acked >= 2, "{status:?}");
+
+    // Once enough batches in a row are accepted, the size grows back to the configured one.
+    let before = status.counters.batches_acked;
+    let mut ids = ids;
+    ids.extend(append(&rig.buffer, (40..1_400).map(record).collect()).await);
+    assert_eq!(
+        uplink.flush(in_seconds(20)).await.unwrap(),
+        FlushOutcome::Flushed
+    );
+    assert_exactly_once(&rig.store, &ids);
+    let status = uplink.status();
+    assert_eq!(status.batch_max_records, 40, "{status:?}");
+    // At most 20 records a batch until REGROW_AFTER_BATCHES were acked, 40 after that (had it
+    // grown back at once, 34 batches would have carried the 1,360 records).
+    let regrow = u64::from(gateway_uplink::REGROW_AFTER_BATCHES);
+    let at_least = regrow + (1_360 - regrow * 20).div_ceil(40);
+    let acked = status.counters.batches_acked - before;
+    assert!(
+        acked >= at_least,
+        "{acked} batches, expected at least {at_least}"
+    );
     uplink.shutdown(in_seconds(5)).await.unwrap();
 }
 
@@ -522,6 +543,37 @@ async fn refused_credentials_keep_the_records_and_report_down() {
     let stats = rig.buffer.stats().await.unwrap();
     assert_eq!((stats.records, stats.dead_letters), (10, 0));
     assert!(stored_records(&rig.store, TENANT).is_empty());
+    uplink.shutdown(in_seconds(5)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_answer_is_not_read_and_the_records_stay() {
+    // A "server" that answers every batch with 200 and 20 MiB of JSON whitespace.
+    let app = axum::Router::new().route(
+        "/v1/records",
+        axum::routing::post(|| async { vec![b' '; 20 * 1024 * 1024] }),
+    );
+    let url = serve(app).await;
+    let dir = tempfile::tempdir().unwrap();
+    let buffer = Buffer::open(dir.path().join("buffer.db"), BufferConfig::default())
+        .await
+        .unwrap();
+    append(&buffer, (0..5).map(record).collect()).await;
+    let uplink = Uplink::start(buffer.clone(), fast_config(&url)).unwrap();
+    let deadline = in_seconds(10);
+    loop {
+        let status = uplink.status();
+        if let Some(error) = status.health.last_error.as_deref() {
+            assert!(error.contains("bytes"), "{status:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no failure reported: {status:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let status = uplink.status();
+    assert_eq!(status.counters.batches_acked, 0, "{status:?}");
+    let stats = buffer.stats().await.unwrap();
+    assert_eq!((stats.records, stats.dead_letters), (5, 0));
     uplink.shutdown(in_seconds(5)).await.unwrap();
 }
 

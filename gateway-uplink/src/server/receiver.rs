@@ -11,12 +11,18 @@
 //! 4. **Content negotiation**: `Content-Type` JSON or protobuf, `Content-Encoding` gzip or
 //!    identity, else 415 `unsupported_media_type`.
 //! 5. **Size**: the body, and the body after gunzip, at most `limits.max_batch_bytes`, else
-//!    413 `payload_too_large` (a gzip bomb stops at the limit).
+//!    413 `payload_too_large` (a gzip bomb stops at the limit). Up to another
+//!    `max_batch_bytes` of a refused body are read and thrown away first, so a client still
+//!    sending hears the 413 rather than a reset connection.
 //! 6. **Decoding and batch rules** ([`decode_batch`]): 400 `malformed_body` or
 //!    `invalid_request`, 413 for too many records; a gateway may only send its own
 //!    `gateway_id` (403 `identity_mismatch`); an `Idempotency-Key` must equal the batch id.
 //! 7. **Record rules** ([`Limits::reject_invalid_records`]): bad records are listed in the
-//!    `BatchAck` as rejections, the others go on. Records without an id get a UUIDv7.
+//!    `BatchAck` as rejections, the others go on. Records without an id get a UUIDv7. An
+//!    agent token may only send records whose `source` is its own agent id (any id for a
+//!    site-wide [`ANY_AGENT`](gateway_proto::auth::ANY_AGENT) token); others are rejected
+//!    with `identity_mismatch`. The sink is told the gateway id of the credentials (a
+//!    gateway's own id; empty for other roles), never the one the body names.
 //! 8. **Record rate** per principal → 429 + `Retry-After`.
 //! 9. **Sink**: 200 with the [`BatchAck`] (encoded as `Accept` asks, else like the request),
 //!    or the sink's error (503 + `Retry-After`, 413, 500).
@@ -38,10 +44,10 @@ use bytes::Bytes;
 use gateway_proto::auth::{Authenticator, Principal, Role, bearer_token};
 use gateway_proto::clock::{Clock, SystemClock};
 use gateway_proto::{
-    BatchAck, BatchId, Encoding, ErrorBody, ErrorCode, HEADER_IDEMPOTENCY_KEY, Limits, WireMessage,
-    decode_batch,
+    BatchAck, BatchId, Encoding, ErrorBody, ErrorCode, HEADER_IDEMPOTENCY_KEY, Limits, Rejection,
+    WireMessage, decode_batch,
 };
-use http_body_util::{BodyExt as _, LengthLimitError, Limited};
+use http_body_util::BodyExt as _;
 use serde::{Deserialize, Serialize};
 
 use super::rate_limit::{KeyedBuckets, RateLimitConfig};
@@ -395,17 +401,56 @@ fn too_large(limit: usize) -> Refusal {
     )
 }
 
-async fn read_body(body: Body, gzip: bool, limit: usize) -> Result<Bytes, Refusal> {
-    let raw = match Limited::new(body, limit).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return Err(too_large(limit)),
-        Err(e) => {
-            return Err(Refusal::new(
-                ErrorCode::MalformedBody,
-                format!("the request body could not be read: {e}"),
-            ));
+/// How long the receiver goes on reading a body it has refused as too large (see
+/// [`discard_body`]).
+const DISCARD_TIME: Duration = Duration::from_secs(10);
+
+/// Read and throw away up to `budget` more bytes of a refused body, for at most
+/// [`DISCARD_TIME`], before the 413 is answered. A client still sending its body when the
+/// server answers and closes sees a reset connection instead of the answer — an uplink would
+/// retry the same batch for ever instead of splitting it. Bodies beyond the budget are cut off.
+async fn discard_body(mut body: Body, budget: usize) {
+    let drain = async {
+        let mut left = budget;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Ok(data) = frame.into_data() {
+                let Some(rest) = left.checked_sub(data.len()) else {
+                    return;
+                };
+                left = rest;
+            }
         }
     };
+    let _ = tokio::time::timeout(DISCARD_TIME, drain).await;
+}
+
+/// The body, at most `limit` bytes (after gunzip too). A body over the limit is discarded up
+/// to another `limit` bytes so the client hears the 413.
+async fn read_body(
+    mut body: Body,
+    gzip: bool,
+    limit: usize,
+    declared_len: Option<u64>,
+) -> Result<Bytes, Refusal> {
+    let mut raw =
+        bytes::BytesMut::with_capacity(declared_len.unwrap_or(0).min(limit as u64) as usize);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            Refusal::new(
+                ErrorCode::MalformedBody,
+                format!("the request body could not be read: {e}"),
+            )
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if raw.len() + data.len() > limit {
+            discard_body(body, limit).await;
+            return Err(too_large(limit));
+        }
+        raw.extend_from_slice(&data);
+    }
+    let raw = raw.freeze();
     if !gzip {
         return Ok(raw);
     }
@@ -448,15 +493,19 @@ async fn ingest<S: RecordSink>(shared: &Shared<S>, request: Request) -> Result<R
     shared.sink.admit().map_err(sink_refusal)?;
     let encoding = request_encoding(headers)?;
     let gzip = is_gzip(headers)?;
-    if let Some(len) = headers
+    let content_length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(len) = content_length
         && len > limits.max_batch_bytes as u64
     {
+        if len <= 2 * limits.max_batch_bytes as u64 {
+            discard_body(body, limits.max_batch_bytes).await;
+        }
         return Err(too_large(limits.max_batch_bytes));
     }
-    let bytes = read_body(body, gzip, limits.max_batch_bytes).await?;
+    let bytes = read_body(body, gzip, limits.max_batch_bytes, content_length).await?;
     let mut batch = decode_batch(&bytes, encoding, limits).map_err(|e| Refusal::from(&e))?;
     if let Some(key) = headers.get(HEADER_IDEMPOTENCY_KEY) {
         let matches = key
@@ -484,7 +533,10 @@ async fn ingest<S: RecordSink>(shared: &Shared<S>, request: Request) -> Result<R
         ));
     }
     let now_ms = shared.clock.now_ms();
-    let rejected = limits.reject_invalid_records(&batch, now_ms);
+    let rejected = merge_rejections(
+        limits.reject_invalid_records(&batch, now_ms),
+        foreign_sources(&principal, &batch),
+    );
     let total = batch.records.len();
     let mut valid = Vec::with_capacity(total - rejected.len());
     // `rejected` is in index order: walk it alongside the records.
@@ -507,9 +559,13 @@ async fn ingest<S: RecordSink>(shared: &Shared<S>, request: Request) -> Result<R
         "records",
     )?;
     let context = IngestContext {
+        // Only what the credentials vouch for: a gateway's own id, never a name from the body.
+        gateway_id: match principal.role {
+            Role::Gateway => principal.subject.clone(),
+            _ => String::new(),
+        },
         principal,
         batch_id: batch.batch_id,
-        gateway_id: batch.gateway_id,
         received_at_ms: now_ms,
     };
     let valid_count = valid.len();
@@ -556,6 +612,40 @@ async fn ingest<S: RecordSink>(shared: &Shared<S>, request: Request) -> Result<R
         ack.encode(answer),
     )
         .into_response())
+}
+
+/// Records an agent token may not send: those whose `source` names another agent (see
+/// [`Principal::may_act_as_agent`]). A gateway forwards many agents' records, so its batches
+/// are not checked here; other roles have no agent identity to check against.
+fn foreign_sources(principal: &Principal, batch: &gateway_proto::Batch) -> Vec<Rejection> {
+    if principal.role != Role::Agent {
+        return Vec::new();
+    }
+    batch
+        .records
+        .iter()
+        .enumerate()
+        .filter(|(_, record)| !principal.may_act_as_agent(&record.source))
+        .map(|(index, record)| Rejection {
+            index: index as u32,
+            code: ErrorCode::IdentityMismatch,
+            message: format!(
+                "source: the record names agent `{}` but the credentials are those of agent `{}`",
+                record.source, principal.subject
+            ),
+        })
+        .collect()
+}
+
+/// Both lists in index order, one rejection per record (the first list's when both name it).
+fn merge_rejections(first: Vec<Rejection>, second: Vec<Rejection>) -> Vec<Rejection> {
+    if second.is_empty() {
+        return first;
+    }
+    let mut all: std::collections::BTreeMap<u32, Rejection> =
+        second.into_iter().map(|r| (r.index, r)).collect();
+    all.extend(first.into_iter().map(|r| (r.index, r)));
+    all.into_values().collect()
 }
 
 /// Query of `GET /v1/records`.
