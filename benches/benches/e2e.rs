@@ -14,6 +14,9 @@
 //!    while the agents go on sending (down to half a second's worth of records), or, with
 //!    `E2E_KEEP_SENDING=0`, after they stop (down to an empty buffer).
 //!
+//! The gateway runs its default uplink settings; `E2E_UPLINK_IN_FLIGHT` and `E2E_UPLINK_BATCH`
+//! (records per batch) override them.
+//!
 //! Records are 281-byte JSON documents, 500 per request: the shape DESIGN.md's peer
 //! measurements (Fluent Bit, NATS) used. Every stored record is read back and counted: the
 //! bench fails if any acknowledged record is missing or stored twice.
@@ -284,6 +287,13 @@ async fn run() {
     gateway_config.collector.records_per_second = 1e12;
     gateway_config.collector.record_burst = 1e12;
     gateway_config.control.session.backoff.cap_ms = 2_000;
+    // The uplink's defaults unless asked otherwise (to see what batch size and concurrency do).
+    if let Ok(v) = std::env::var("E2E_UPLINK_IN_FLIGHT") {
+        gateway_config.uplink.in_flight = v.parse().expect("E2E_UPLINK_IN_FLIGHT: a number");
+    }
+    if let Ok(v) = std::env::var("E2E_UPLINK_BATCH") {
+        gateway_config.uplink.batch.max_records = v.parse().expect("E2E_UPLINK_BATCH: a number");
+    }
     let gateway = gateway::start(GatewayOptions {
         id: GATEWAY_ID.into(),
         token: GATEWAY_TOKEN.into(),

@@ -130,6 +130,11 @@ pub struct UplinkConfig {
     pub gzip_min_bytes: Option<usize>,
     /// Batches in flight at once. Default 2.
     pub in_flight: usize,
+    /// Batches in flight while the buffer holds a backlog — a lease came back full without
+    /// waiting, as after an outage. The workers beyond `in_flight` lease only then, so a
+    /// backlog drains faster while steady traffic keeps `in_flight` batches and their latency.
+    /// Default 4; a value not above `in_flight` adds none.
+    pub catch_up_in_flight: usize,
     /// Timeout for opening a connection (TCP + TLS), ms. Default 5,000.
     pub connect_timeout_ms: u64,
     /// Timeout for a whole request, from sending to the last byte of the answer, ms. Keep it
@@ -158,6 +163,7 @@ impl Default for UplinkConfig {
             batch: BatchConfig::default(),
             gzip_min_bytes: Some(1_024),
             in_flight: 2,
+            catch_up_in_flight: 4,
             connect_timeout_ms: 5_000,
             request_timeout_ms: 15_000,
             retry: RetryPolicy::default(),
@@ -179,6 +185,7 @@ impl fmt::Debug for UplinkConfig {
             .field("batch", &self.batch)
             .field("gzip_min_bytes", &self.gzip_min_bytes)
             .field("in_flight", &self.in_flight)
+            .field("catch_up_in_flight", &self.catch_up_in_flight)
             .field("connect_timeout_ms", &self.connect_timeout_ms)
             .field("request_timeout_ms", &self.request_timeout_ms)
             .field("retry", &self.retry)

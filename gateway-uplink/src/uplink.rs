@@ -11,6 +11,11 @@
 //! | 413 | released and the batch size halved; a single record still too large is dead-lettered. After [`REGROW_AFTER_BATCHES`] acked batches in a row the size doubles again, up to the configured one |
 //! | other 4xx | every record dead-lettered with the server's code and message |
 //!
+//! `in_flight` workers lease and send one batch at a time each. While the buffer holds a
+//! backlog — a lease came back full without waiting, as after an outage — up to
+//! `catch_up_in_flight` workers do, so the backlog drains faster without raising the
+//! latency of steady traffic.
+//!
 //! Nothing is dropped silently and nothing is retried for ever as is: a record either reaches
 //! the server, sits in the buffer (subject to the buffer's own retention), or lands in the
 //! dead-letter store with a reason. A record whose answer was lost (timeout after the server
@@ -126,6 +131,9 @@ struct Shared<S> {
     progress: watch::Sender<u64>,
     phase: watch::Sender<Phase>,
     health: watch::Sender<UplinkHealth>,
+    /// Whether the last lease came back full without waiting: catch-up workers lease only
+    /// while it is `true`.
+    backlog: watch::Sender<bool>,
 }
 
 impl<S> Shared<S> {
@@ -189,7 +197,8 @@ impl UplinkBuilder {
             acked_since_resize: 0,
             flushing: 0,
         };
-        let workers = self.config.in_flight;
+        let steady = self.config.in_flight;
+        let workers = steady.max(self.config.catch_up_in_flight);
         let encoding = Encoding::from(self.config.encoding);
         let shared = Arc::new(Shared {
             source,
@@ -201,12 +210,18 @@ impl UplinkBuilder {
             progress: watch::Sender::new(0),
             phase: watch::Sender::new(Phase::Running),
             health: watch::Sender::new(UplinkHealth::Healthy),
+            backlog: watch::Sender::new(false),
         });
         let handles = (0..workers)
-            .map(|_| match encoding {
-                // Stored protobuf records are framed into the batch as they are.
-                Encoding::Protobuf => tokio::spawn(worker::<S, Bytes>(shared.clone())),
-                Encoding::Json => tokio::spawn(worker::<S, Record>(shared.clone())),
+            .map(|index| {
+                let catch_up = index >= steady;
+                match encoding {
+                    // Stored protobuf records are framed into the batch as they are.
+                    Encoding::Protobuf => {
+                        tokio::spawn(worker::<S, Bytes>(shared.clone(), catch_up))
+                    }
+                    Encoding::Json => tokio::spawn(worker::<S, Record>(shared.clone(), catch_up)),
+                }
             })
             .collect();
         Ok(Uplink {
@@ -486,16 +501,26 @@ struct Signals {
     appended: watch::Receiver<u64>,
 }
 
-async fn worker<S: RecordSource, P: Payload>(shared: Arc<Shared<S>>) {
+/// One batch at a time: lease, linger, send, settle. A `catch_up` worker (beyond
+/// `in_flight`) waits while there is no backlog.
+async fn worker<S: RecordSource, P: Payload>(shared: Arc<Shared<S>>, catch_up: bool) {
     let mut signals = Signals {
         wake: shared.wake.subscribe(),
         phase: shared.phase.subscribe(),
         appended: shared.source.subscribe_available(),
     };
+    let mut backlog = shared.backlog.subscribe();
     let idle_poll = Duration::from_millis(shared.config.idle_poll_ms);
     loop {
         if *signals.phase.borrow() != Phase::Running {
             return;
+        }
+        if catch_up && !*backlog.borrow_and_update() {
+            tokio::select! {
+                _ = backlog.wait_for(|b| *b) => {}
+                () = phase_at_least(&mut signals.phase, false) => {}
+            }
+            continue;
         }
         // The backoff gate: wait out a delay, or (parked) for a wake. Mark wakes seen before
         // reading the backoff, so a wake between the two is not lost.
@@ -531,8 +556,23 @@ async fn worker<S: RecordSource, P: Payload>(shared: Arc<Shared<S>>) {
             (state.batch_max_records, state.batch_max_bytes)
         };
         let first = match P::lease(&shared.source, max_records, max_bytes).await {
-            Ok(Some(lease)) => lease,
+            Ok(Some(lease)) => {
+                // Full: at the record limit, or no room for another record of average size.
+                let records = lease.records.len();
+                let full = records >= max_records
+                    || lease
+                        .bytes
+                        .saturating_add(lease.bytes / records.max(1) as u64)
+                        > max_bytes;
+                shared
+                    .backlog
+                    .send_if_modified(|b| std::mem::replace(b, full) != full);
+                lease
+            }
             Ok(None) => {
+                shared
+                    .backlog
+                    .send_if_modified(|b| std::mem::replace(b, false));
                 tokio::select! {
                     _ = signals.appended.changed() => {}
                     _ = signals.wake.changed() => {}

@@ -8,7 +8,8 @@
 mod common;
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
@@ -543,6 +544,78 @@ async fn refused_credentials_keep_the_records_and_report_down() {
     let stats = rig.buffer.stats().await.unwrap();
     assert_eq!((stats.records, stats.dead_letters), (10, 0));
     assert!(stored_records(&rig.store, TENANT).is_empty());
+    uplink.shutdown(in_seconds(5)).await.unwrap();
+}
+
+/// The receiver behind a layer that holds every request 50 ms and records the most requests
+/// it ever held at once.
+async fn slow_counting_server(store: &SqliteRecordStore) -> (String, Arc<AtomicUsize>) {
+    let now = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (n, m) = (now.clone(), most.clone());
+    let app = receiver_router(store).layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let (now, most) = (n.clone(), m.clone());
+            async move {
+                let held = now.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(held, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let response = next.run(request).await;
+                now.fetch_sub(1, Ordering::SeqCst);
+                response
+            }
+        },
+    ));
+    (serve(app).await, most)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_is_sent_by_the_catch_up_workers_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let (url, most) = slow_counting_server(&store).await;
+    let buffer = Buffer::open(dir.path().join("buffer.db"), BufferConfig::default())
+        .await
+        .unwrap();
+    let config = UplinkConfig {
+        in_flight: 1,
+        catch_up_in_flight: 3,
+        batch: BatchConfig {
+            max_records: 10,
+            linger_ms: 0,
+            ..BatchConfig::default()
+        },
+        ..fast_config(&url)
+    };
+    let uplink = Uplink::start(buffer.clone(), config).unwrap();
+
+    // Steady traffic, one record at a time: one batch in flight.
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.extend(append(&buffer, vec![record(i)]).await);
+        assert_eq!(
+            uplink.flush(in_seconds(10)).await.unwrap(),
+            FlushOutcome::Flushed
+        );
+    }
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        1,
+        "steady traffic used one batch"
+    );
+
+    // A backlog of 30 batches: the catch-up workers join.
+    ids.extend(append(&buffer, (5..305).map(record).collect()).await);
+    assert_eq!(
+        uplink.flush(in_seconds(20)).await.unwrap(),
+        FlushOutcome::Flushed
+    );
+    assert_exactly_once(&store, &ids);
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        3,
+        "the backlog used 3 batches in flight"
+    );
     uplink.shutdown(in_seconds(5)).await.unwrap();
 }
 

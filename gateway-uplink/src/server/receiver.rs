@@ -500,8 +500,9 @@ async fn ingest<S: RecordSink>(shared: &Shared<S>, request: Request) -> Result<R
     if let Some(len) = content_length
         && len > limits.max_batch_bytes as u64
     {
+        // Read a body of up to twice the limit (as a streamed one would be) to its end.
         if len <= 2 * limits.max_batch_bytes as u64 {
-            discard_body(body, limits.max_batch_bytes).await;
+            discard_body(body, len as usize).await;
         }
         return Err(too_large(limits.max_batch_bytes));
     }
