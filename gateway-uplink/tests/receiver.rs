@@ -115,25 +115,34 @@ async fn server() -> (
 async fn both_encodings_with_and_without_gzip_store_and_dedup() {
     let (_dir, store, url) = server().await;
     let mut expected = 0;
-    for encoding in [Encoding::Json, Encoding::Protobuf] {
-        for gzip in [false, true] {
-            let batch = Batch::new("gw-1", (0..20).map(record).collect());
-            let first = post(&url, GATEWAY_TOKEN, &batch, encoding, gzip).await;
-            assert_eq!(first.status, StatusCode::OK, "{encoding:?} gzip={gzip}");
-            assert_eq!(first.content_type, encoding.content_type());
-            assert_eq!(
-                first.ack(),
-                BatchAck {
-                    accepted: 20,
-                    duplicates: 0,
-                    rejected: vec![]
+    // 2,000 records gzip to more than 16 KiB: inflated on the blocking pool, not inline.
+    for n in [20u32, 2_000] {
+        for encoding in [Encoding::Json, Encoding::Protobuf] {
+            for gzip in [false, true] {
+                let batch = Batch::new("gw-1", (0..n as usize).map(record).collect());
+                if n == 2_000 && gzip {
+                    let mut e =
+                        flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                    e.write_all(&batch.encode(encoding)).unwrap();
+                    assert!(e.finish().unwrap().len() > 16 * 1024);
                 }
-            );
-            // The same batch again: every record is a duplicate.
-            let again = post(&url, GATEWAY_TOKEN, &batch, encoding, gzip).await;
-            assert_eq!(again.ack().duplicates, 20);
-            assert_eq!(again.ack().accepted, 0);
-            expected += 20;
+                let first = post(&url, GATEWAY_TOKEN, &batch, encoding, gzip).await;
+                assert_eq!(first.status, StatusCode::OK, "{encoding:?} gzip={gzip}");
+                assert_eq!(first.content_type, encoding.content_type());
+                assert_eq!(
+                    first.ack(),
+                    BatchAck {
+                        accepted: n,
+                        duplicates: 0,
+                        rejected: vec![]
+                    }
+                );
+                // The same batch again: every record is a duplicate.
+                let again = post(&url, GATEWAY_TOKEN, &batch, encoding, gzip).await;
+                assert_eq!(again.ack().duplicates, n);
+                assert_eq!(again.ack().accepted, 0);
+                expected += n as usize;
+            }
         }
     }
     let stored = stored_records(&store, TENANT);
@@ -389,6 +398,62 @@ async fn a_refused_body_still_gets_its_413_answer() {
             "round {round}: {streamed}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_beyond_the_concurrency_limit_get_503_until_one_finishes() {
+    use tokio::io::{AsyncBufReadExt as _, AsyncWriteExt as _};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open_store(dir.path());
+    let app = Receiver::new(store.clone(), Arc::new(tokens()))
+        .config(ReceiverConfig {
+            max_concurrent_batches: 1,
+            rate_limit: RateLimitConfig::unlimited(),
+            ..ReceiverConfig::default()
+        })
+        .into_router()
+        .unwrap();
+    let url = serve(app).await;
+    let body = Batch::new("gw-1", vec![record(0)]).to_json();
+
+    // A slow sender holds the only slot: headers and half of its body sent.
+    let addr = url.trim_start_matches("http://");
+    let mut slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /v1/records HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+         authorization: Bearer {GATEWAY_TOKEN}\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    let (first, rest) = body.split_at(body.len() / 2);
+    slow.write_all(first).await.unwrap();
+
+    let other = Batch::new("gw-1", vec![record(1)]);
+    let mut busy = None;
+    for _ in 0..100 {
+        let answer = post(&url, GATEWAY_TOKEN, &other, Encoding::Json, false).await;
+        if answer.status == StatusCode::SERVICE_UNAVAILABLE {
+            busy = Some(answer);
+            break;
+        }
+        // The slow request may not have reached the handler yet.
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let busy = busy.expect("a second batch is refused while the slot is held");
+    assert_eq!(busy.error().error.code, ErrorCode::Unavailable);
+    assert_eq!(busy.retry_after.as_deref(), Some("1"));
+
+    // The slow batch completes, and the slot is free again.
+    slow.write_all(rest).await.unwrap();
+    let mut status = String::new();
+    tokio::io::BufReader::new(slow)
+        .read_line(&mut status)
+        .await
+        .unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let answer = post(&url, GATEWAY_TOKEN, &other, Encoding::Json, false).await;
+    assert_eq!(answer.status, StatusCode::OK);
+    assert_eq!(stored_records(&store, TENANT).len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,7 +7,8 @@
 //!    [`ReceiverConfig::ingest_roles`] → 403 `forbidden`.
 //! 2. **Request rate** per principal (token bucket) → 429 `rate_limited` + `Retry-After`.
 //! 3. **Sink admission** ([`RecordSink::admit`]): a critical buffer → 503 + `Retry-After`
-//!    before the body is read.
+//!    before the body is read; so is a request beyond
+//!    [`ReceiverConfig::max_concurrent_batches`] (503 `unavailable`, `Retry-After: 1`).
 //! 4. **Content negotiation**: `Content-Type` JSON or protobuf, `Content-Encoding` gzip or
 //!    identity, else 415 `unsupported_media_type`.
 //! 5. **Size**: the body, and the body after gunzip, at most `limits.max_batch_bytes`, else
@@ -67,6 +68,10 @@ pub struct ReceiverConfig {
     pub ingest_roles: Vec<Role>,
     /// Roles allowed to read records back (`GET /v1/records`). Default admin.
     pub read_roles: Vec<Role>,
+    /// Batches read, decoded and stored at once, across all callers. A request beyond it is
+    /// answered 503 `unavailable` with `Retry-After: 1` before its body is read, which bounds
+    /// the receiver's memory to about this many times `limits.max_batch_bytes`. Default 32.
+    pub max_concurrent_batches: usize,
 }
 
 impl Default for ReceiverConfig {
@@ -76,6 +81,7 @@ impl Default for ReceiverConfig {
             rate_limit: RateLimitConfig::default(),
             ingest_roles: vec![Role::Gateway, Role::Agent],
             read_roles: vec![Role::Admin],
+            max_concurrent_batches: 32,
         }
     }
 }
@@ -88,6 +94,12 @@ impl ReceiverConfig {
             return Err(Error::invalid(
                 "ingest_roles",
                 "no role could post records; list at least one",
+            ));
+        }
+        if self.max_concurrent_batches == 0 {
+            return Err(Error::invalid(
+                "max_concurrent_batches",
+                "must be at least 1",
             ));
         }
         if self.limits.max_batch_bytes == 0 || self.limits.max_records_per_batch == 0 {
@@ -187,6 +199,7 @@ impl<S: RecordSink> Receiver<S> {
         self.config.validate()?;
         let rate = &self.config.rate_limit;
         let shared = Arc::new(Shared {
+            batch_slots: tokio::sync::Semaphore::new(self.config.max_concurrent_batches),
             request_buckets: rate
                 .requests
                 .clone()
@@ -216,6 +229,8 @@ struct Shared<S> {
     reader: Option<Arc<dyn RecordReader>>,
     request_buckets: Option<Mutex<KeyedBuckets<PrincipalKey>>>,
     record_buckets: Option<Mutex<KeyedBuckets<PrincipalKey>>>,
+    /// One permit per batch being read, decoded or stored.
+    batch_slots: tokio::sync::Semaphore,
 }
 
 /// An error answer: status from the code, JSON [`ErrorBody`], optional `Retry-After`.
@@ -454,9 +469,28 @@ async fn read_body(
     if !gzip {
         return Ok(raw);
     }
+    // Inflating up to `limit` bytes takes tens of milliseconds: on the blocking pool, not on
+    // an async worker, above a small size.
+    if raw.len() < INFLATE_INLINE_BYTES {
+        return gunzip(&raw, limit);
+    }
+    tokio::task::spawn_blocking(move || gunzip(&raw, limit))
+        .await
+        .map_err(|e| {
+            Refusal::new(
+                ErrorCode::Internal,
+                format!("inflating the body failed: {e}"),
+            )
+        })?
+}
+
+/// Compressed bodies smaller than this are inflated on the async worker itself.
+const INFLATE_INLINE_BYTES: usize = 16 * 1024;
+
+fn gunzip(raw: &[u8], limit: usize) -> Result<Bytes, Refusal> {
     // Decompress at most limit + 1 bytes: one byte more than allowed proves it too large
     // without inflating a gzip bomb.
-    let mut decoder = flate2::read::GzDecoder::new(&raw[..]).take(limit as u64 + 1);
+    let mut decoder = flate2::read::GzDecoder::new(raw).take(limit as u64 + 1);
     let mut plain = Vec::with_capacity(raw.len().saturating_mul(4).min(limit));
     decoder.read_to_end(&mut plain).map_err(|e| {
         Refusal::new(
@@ -491,6 +525,17 @@ async fn ingest<S: RecordSink>(shared: &Shared<S>, request: Request) -> Result<R
     )?;
     take_tokens(shared.request_buckets.as_ref(), &principal, 1.0, "requests")?;
     shared.sink.admit().map_err(sink_refusal)?;
+    let _slot = shared.batch_slots.try_acquire().map_err(|_| {
+        metrics::counter!("gateway_ingest_requests_total", "code" => "busy").increment(1);
+        Refusal::new(
+            ErrorCode::Unavailable,
+            format!(
+                "the receiver is already handling {} batches; retry shortly",
+                shared.config.max_concurrent_batches
+            ),
+        )
+        .retry_after(Duration::from_secs(1))
+    })?;
     let encoding = request_encoding(headers)?;
     let gzip = is_gzip(headers)?;
     let content_length = headers
