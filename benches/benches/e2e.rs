@@ -14,8 +14,9 @@
 //!    while the agents go on sending (down to half a second's worth of records), or, with
 //!    `E2E_KEEP_SENDING=0`, after they stop (down to an empty buffer).
 //!
-//! The gateway runs its default uplink settings; `E2E_UPLINK_IN_FLIGHT` and `E2E_UPLINK_BATCH`
-//! (records per batch) override them.
+//! The gateway runs its default uplink settings; `E2E_UPLINK_IN_FLIGHT`,
+//! `E2E_UPLINK_CATCH_UP` (catch-up batches in flight) and `E2E_UPLINK_BATCH` (records per
+//! batch) override them.
 //!
 //! Records are 281-byte JSON documents, 500 per request: the shape DESIGN.md's peer
 //! measurements (Fluent Bit, NATS) used. Every stored record is read back and counted: the
@@ -290,6 +291,10 @@ async fn run() {
     // The uplink's defaults unless asked otherwise (to see what batch size and concurrency do).
     if let Ok(v) = std::env::var("E2E_UPLINK_IN_FLIGHT") {
         gateway_config.uplink.in_flight = v.parse().expect("E2E_UPLINK_IN_FLIGHT: a number");
+    }
+    if let Ok(v) = std::env::var("E2E_UPLINK_CATCH_UP") {
+        gateway_config.uplink.catch_up_in_flight =
+            v.parse().expect("E2E_UPLINK_CATCH_UP: a number");
     }
     if let Ok(v) = std::env::var("E2E_UPLINK_BATCH") {
         gateway_config.uplink.batch.max_records = v.parse().expect("E2E_UPLINK_BATCH: a number");
