@@ -1,18 +1,17 @@
 //! Records at rest: the protobuf encoding of `gateway.v1.Record` (`gateway_proto::pb::Record`).
 //!
-//! Encoding writes the protobuf wire format straight from a borrowed [`Record`], byte for byte
-//! what `prost` produces for `pb::Record::from(&record)` (a unit test and a proptest hold it to
-//! that), without cloning strings and maps first: the append path is the hot path. Decoding goes
-//! through `prost` and gateway-proto's validating `TryFrom`, so whatever a newer release adds to
-//! the message (new fields are skipped by protobuf decoders) still reads.
+//! Encoding is gateway-proto's [`Record::encode_protobuf`]: the protobuf wire format written
+//! straight from a borrowed record, byte for byte what `prost` produces for
+//! `pb::Record::from(&record)` (tests here and in gateway-proto hold it to that), without
+//! cloning strings and maps first: the append path is the hot path. Decoding reads the fields
+//! in place with the same rules as `prost` and gateway-proto's validating `TryFrom` (a proptest
+//! holds it to that), so whatever a newer release adds to the message (new fields are skipped)
+//! still reads.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use gateway_proto::{Body, JsonText, Record, RecordId};
-use prost::encoding::{
-    DecodeContext, WireType, decode_key, decode_varint, encode_key, encode_varint,
-    encoded_len_varint, skip_field,
-};
+use prost::encoding::{DecodeContext, WireType, decode_key, decode_varint, skip_field};
 use rand::Rng;
 
 /// Records encoded back to back in one allocation, with their ids.
@@ -81,7 +80,7 @@ impl Encoder {
                 .id
                 .get_or_insert_with(|| self.fresh.get_or_insert_with(V7Ids::new).next());
             batch.ids.push(id);
-            encode_record(record, &mut batch.data);
+            record.encode_protobuf(&mut batch.data);
             batch.ends.push(batch.data.len());
         }
         batch
@@ -121,58 +120,6 @@ impl V7Ids {
         let uuid = uuid::Builder::from_unix_timestamp_millis(self.millis, &bytes).into_uuid();
         // A v7 UUID has version bits set, so it is never nil.
         RecordId::from_uuid(uuid).unwrap_or_else(RecordId::new_v7)
-    }
-}
-
-fn put_len_delimited(tag: u32, value: &[u8], buf: &mut Vec<u8>) {
-    encode_key(tag, WireType::LengthDelimited, buf);
-    encode_varint(value.len() as u64, buf);
-    buf.extend_from_slice(value);
-}
-
-fn len_delimited_len(tag: u32, len: usize) -> usize {
-    prost::encoding::key_len(tag) + encoded_len_varint(len as u64) + len
-}
-
-/// Append the protobuf encoding of `record` to `buf`.
-pub(crate) fn encode_record(record: &Record, buf: &mut Vec<u8>) {
-    if let Some(id) = &record.id {
-        put_len_delimited(1, id.as_bytes(), buf);
-    }
-    if !record.stream.is_empty() {
-        put_len_delimited(2, record.stream.as_bytes(), buf);
-    }
-    if !record.source.is_empty() {
-        put_len_delimited(3, record.source.as_bytes(), buf);
-    }
-    if record.timestamp_ms != 0 {
-        encode_key(4, WireType::Varint, buf);
-        // int64 on the wire: two's complement as a 64-bit varint.
-        encode_varint(record.timestamp_ms as u64, buf);
-    }
-    for (key, value) in &record.attributes {
-        let key_len = if key.is_empty() {
-            0
-        } else {
-            len_delimited_len(1, key.len())
-        };
-        let value_len = if value.is_empty() {
-            0
-        } else {
-            len_delimited_len(2, value.len())
-        };
-        encode_key(5, WireType::LengthDelimited, buf);
-        encode_varint((key_len + value_len) as u64, buf);
-        if !key.is_empty() {
-            put_len_delimited(1, key.as_bytes(), buf);
-        }
-        if !value.is_empty() {
-            put_len_delimited(2, value.as_bytes(), buf);
-        }
-    }
-    match &record.body {
-        Body::Json(text) => put_len_delimited(6, text.as_str().as_bytes(), buf),
-        Body::Raw(bytes) => put_len_delimited(7, bytes, buf),
     }
 }
 
@@ -310,7 +257,7 @@ mod tests {
 
     fn same_as_prost(record: &Record) {
         let mut ours = Vec::new();
-        encode_record(record, &mut ours);
+        record.encode_protobuf(&mut ours);
         let theirs = pb::Record::from(record).encode_to_vec();
         assert_eq!(ours, theirs, "{record:?}");
     }
@@ -396,10 +343,7 @@ mod tests {
     fn decode_refuses_garbage_and_id_less_records() {
         assert!(decode_record(b"\xff\xff\xff").is_err());
         let mut bytes = Vec::new();
-        encode_record(
-            &Record::new("s", "a", 1, Body::Raw(Bytes::new())),
-            &mut bytes,
-        );
+        Record::new("s", "a", 1, Body::Raw(Bytes::new())).encode_protobuf(&mut bytes);
         assert!(decode_record(&bytes).is_err());
     }
 
@@ -472,7 +416,7 @@ mod tests {
             same_as_prost(&record);
             if record.id.is_some() {
                 let mut bytes = Vec::new();
-                encode_record(&record, &mut bytes);
+                record.encode_protobuf(&mut bytes);
                 prop_assert_eq!(decode_record(&bytes).unwrap(), record);
             }
         }

@@ -78,5 +78,6 @@ pub use json_text::JsonText;
 pub use limits::{DEFAULT_MIN_TIMESTAMP_MS, Limits, is_checksum};
 pub use record::{Batch, BatchAck, Body, ErrorBody, ErrorDetail, Record, Rejection};
 pub use version::{MIN_PROTOCOL_VERSION, PROTOCOL_VERSION, negotiate_version};
+pub use wire::frame_protobuf_batch;
 
 pub use bytes::Bytes;

@@ -8,7 +8,7 @@
 
 use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
 
-use crate::{Batch, Body, Record};
+use crate::{Batch, BatchId, Body, Record};
 
 fn len_delimited_len(tag: u32, len: usize) -> usize {
     key_len(tag) + encoded_len_varint(len as u64) + len
@@ -86,6 +86,41 @@ pub(crate) fn write_record(record: &Record, buf: &mut Vec<u8>) {
     }
 }
 
+/// The `gateway.v1.Batch` encoding of the batch `{batch_id, gateway_id, records}` where each
+/// record is already the protobuf encoding of a `gateway.v1.Record` (as a buffer stores them):
+/// byte for byte what prost writes for the decoded batch, without decoding the records.
+///
+/// ```
+/// use gateway_proto::{Batch, BatchId, Body, Record, WireMessage, frame_protobuf_batch};
+///
+/// let record = Record::new("logs", "agent-7", 1_732_363_200_000, Body::Raw(vec![1, 2].into()));
+/// let mut stored = Vec::new();
+/// record.encode_protobuf(&mut stored);
+/// let batch_id = BatchId::new_v7();
+/// let framed = frame_protobuf_batch(&batch_id, "gw-1", &[stored]);
+/// let decoded = Batch::from_protobuf(&framed).unwrap();
+/// assert_eq!((decoded.batch_id, decoded.records), (batch_id, vec![record]));
+/// ```
+pub fn frame_protobuf_batch<R: AsRef<[u8]>>(
+    batch_id: &BatchId,
+    gateway_id: &str,
+    records: &[R],
+) -> Vec<u8> {
+    let capacity = len_delimited_len(1, 16)
+        + optional_len(2, gateway_id.len())
+        + records
+            .iter()
+            .map(|r| len_delimited_len(3, r.as_ref().len()))
+            .sum::<usize>();
+    let mut buf = Vec::with_capacity(capacity);
+    put_len_delimited(1, batch_id.as_bytes(), &mut buf);
+    put_optional(2, gateway_id.as_bytes(), &mut buf);
+    for record in records {
+        put_len_delimited(3, record.as_ref(), &mut buf);
+    }
+    buf
+}
+
 /// The `gateway.v1.Batch` encoding of `batch`.
 pub(crate) fn batch_to_vec(batch: &Batch) -> Vec<u8> {
     let lens: Vec<usize> = batch.records.iter().map(record_len).collect();
@@ -109,7 +144,7 @@ pub(crate) fn batch_to_vec(batch: &Batch) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{BatchId, Bytes, JsonText, RecordId, WireMessage, pb};
+    use crate::{Bytes, JsonText, RecordId, WireMessage, pb};
     use proptest::prelude::*;
     use prost::Message as _;
 
@@ -122,8 +157,18 @@ mod tests {
     }
 
     fn same_batch_as_prost(batch: &Batch) {
-        assert_eq!(batch_to_vec(batch), pb::Batch::from(batch).encode_to_vec());
-        assert_eq!(batch.to_protobuf(), batch_to_vec(batch));
+        let theirs = pb::Batch::from(batch).encode_to_vec();
+        assert_eq!(batch_to_vec(batch), theirs);
+        assert_eq!(batch.to_protobuf(), theirs);
+        let stored: Vec<Vec<u8>> = batch
+            .records
+            .iter()
+            .map(|r| pb::Record::from(r).encode_to_vec())
+            .collect();
+        assert_eq!(
+            frame_protobuf_batch(&batch.batch_id, &batch.gateway_id, &stored),
+            theirs
+        );
     }
 
     #[test]

@@ -83,7 +83,6 @@
 
 mod config;
 mod error;
-mod frame;
 mod health;
 mod retry;
 mod source;

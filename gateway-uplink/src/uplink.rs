@@ -37,7 +37,6 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::error::BoxError;
-use crate::frame::protobuf_batch;
 use crate::health::{FailureKind, HealthStatus, HealthTracker};
 use crate::retry::{Backoff, Failure, RetryDecision, StatusClass, classify_status};
 use crate::source::{RecordSource, SourceLease};
@@ -491,7 +490,7 @@ impl Payload for Bytes {
     }
 
     fn encode(batch_id: BatchId, gateway_id: &str, records: Vec<Self>) -> Vec<u8> {
-        protobuf_batch(&batch_id, gateway_id, &records)
+        gateway_proto::frame_protobuf_batch(&batch_id, gateway_id, &records)
     }
 }
 
