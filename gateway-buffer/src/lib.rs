@@ -67,7 +67,8 @@
 //! [`Buffer::pressure`] and watchable with [`Buffer::subscribe_pressure`]. `max_file_bytes`
 //! caps the file itself; a full disk or a full file is [`Error::DiskFull`] on the write that hit
 //! it, and the buffer keeps working once space returns. Freed pages go back to the file system
-//! by incremental vacuum during maintenance.
+//! by incremental vacuum during maintenance: at most 512 pages (2 MiB) per pass while records
+//! remain (moving live pages is what costs), all of them once the queue is empty.
 //!
 //! ## Metrics and spans
 //!

@@ -324,6 +324,36 @@ async fn a_full_file_is_a_typed_error_and_the_buffer_recovers() {
 }
 
 #[tokio::test]
+async fn a_partly_drained_queue_gives_some_space_back_and_keeps_its_records() {
+    let (_dir, path) = temp_path();
+    let buffer = Buffer::open(&path, BufferConfig::default()).await.unwrap();
+    let mut kept = Vec::new();
+    for _ in 0..10 {
+        kept = buffer
+            .append((0..1000).map(|_| raw_record(1000)).collect())
+            .await
+            .unwrap()
+            .ids;
+    }
+    let full = buffer.stats().await.unwrap().file_bytes;
+    for _ in 0..9 {
+        let lease = buffer.lease(1000, u64::MAX).await.unwrap().unwrap();
+        buffer.ack(lease.id).await.unwrap();
+    }
+    buffer.run_maintenance().await.unwrap();
+    let stats = buffer.stats().await.unwrap();
+    assert!(
+        stats.file_bytes < full,
+        "some space goes back while records remain: {full} -> {}",
+        stats.file_bytes
+    );
+    assert_eq!(stats.records, 1000);
+    let ids: HashSet<_> = all_ids(&buffer).await.into_iter().collect();
+    assert_eq!(ids, kept.into_iter().collect::<HashSet<_>>());
+    buffer.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn draining_gives_space_back_to_the_file_system() {
     let (_dir, path) = temp_path();
     let buffer = Buffer::open(&path, BufferConfig::default()).await.unwrap();

@@ -27,8 +27,11 @@ use crate::{BufferConfig, BufferStats, Error, LeaseId, StoredDeadLetter};
 mod lease;
 mod write;
 
-/// Free pages given back to the file system per maintenance pass while records remain.
-const VACUUM_STEP_PAGES: i64 = 4096;
+/// Free pages given back to the file system per maintenance pass while records remain. Each
+/// page given back moves a live page from the end of the file into a free one, on the writer
+/// thread: bigger steps slowed a drain under load by ~20 % (4,096 pages per second, measured
+/// with the e2e bench). Once the queue is empty everything free goes back at once.
+const VACUUM_STEP_PAGES: i64 = 512;
 
 /// Give space back once this many pages are free (and at least a quarter of the file).
 const VACUUM_MIN_FREE_PAGES: i64 = 256;
